@@ -1,0 +1,463 @@
+"""Typed, validated run configuration.
+
+A run is described by one :class:`RunConfig`, made of four frozen sections (``data``,
+``model``, ``quant``, ``train``). It is loaded from YAML, overridden from the command line
+with dotted keys (``train.lr=1e-3``), validated field by field, and written back to YAML
+next to every run and into every checkpoint, so a run can always be reproduced.
+
+Every field carries its own help text in ``metadata["help"]``: ``python -m qmdd.train
+--list-keys`` prints them, so the documentation cannot drift away from the fields.
+
+Unknown keys are errors with a "did you mean" hint; bad values raise :class:`ConfigError`
+naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "QuantConfig",
+    "TrainConfig",
+    "RunConfig",
+    "SUPPORTED_BITS",
+    "FULL_PRECISION",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "apply_overrides",
+    "save_config",
+    "describe_keys",
+]
+
+#: Bit widths a quantized layer may take; 32 means full precision (no fake quantization).
+SUPPORTED_BITS = (2, 3, 4, 8, 32)
+FULL_PRECISION = 32
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value is invalid."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": text}, **kwargs)
+
+
+def _check_bits(key: str, value: int) -> None:
+    if value not in SUPPORTED_BITS:
+        raise ConfigError(
+            f"{key}={value} is not a supported bit width; choose one of {list(SUPPORTED_BITS)} "
+            f"(32 = full precision)"
+        )
+
+
+def _check_probability(key: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{key}={value} must be a probability in [0, 1]")
+
+
+def _check_range(key: str, low: float, high: float, minimum: float, maximum: float) -> None:
+    if not (minimum <= low <= high <= maximum):
+        raise ConfigError(
+            f"{key}=[{low}, {high}] must satisfy {minimum} <= low <= high <= {maximum}"
+        )
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = _help(
+        "ForenSynths-layout root (train/, val/, test/). None builds and uses the embedded "
+        "benchmark in the cache folder.",
+        default=None,
+    )
+    classes: tuple[str, ...] | None = _help(
+        "Training classes under train/ and val/ (e.g. car,cat,chair,horse for the 4-class "
+        "setting). None uses every class folder.",
+        default=None,
+    )
+    seen_family: str | None = _help(
+        "Test family the detector was trained on; every other test family counts as unseen. "
+        "None reads it from benchmark.json, or uses 'progan' for ForenSynths.",
+        default=None,
+    )
+    embedded_scale: float = _help(
+        "Size multiplier of the embedded benchmark (1.0 = the documented size).", default=1.0
+    )
+    load_size: int | None = _help(
+        "Resize the shorter side to this many pixels before cropping (CNNDetection: 256). "
+        "None keeps native pixels, which keeps generator traces intact.",
+        default=None,
+    )
+    crop_size: int = _help(
+        "Square crop in pixels: random in training, centred in val/test (CNNDetection: 224).",
+        default=64,
+    )
+    blur_prob: float = _help("Probability of Gaussian blur augmentation in training.", default=0.1)
+    blur_sigma: tuple[float, float] = _help(
+        "Range of the blur sigma in pixels, drawn uniformly (CNNDetection: 0-3).",
+        default=(0.0, 3.0),
+    )
+    jpeg_prob: float = _help("Probability of JPEG re-compression in training.", default=0.1)
+    jpeg_quality: tuple[int, int] = _help(
+        "Range of the JPEG quality, drawn uniformly (CNNDetection: 30-100).", default=(30, 100)
+    )
+    val_blur_sigma: float = _help(
+        "Fixed blur sigma applied with blur_prob during validation (CNNDetection: 1.5).",
+        default=1.5,
+    )
+    val_jpeg_quality: int = _help(
+        "Fixed JPEG quality applied with jpeg_prob during validation (CNNDetection: 65).",
+        default=65,
+    )
+    num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
+
+    def __post_init__(self) -> None:
+        _check_probability("data.blur_prob", self.blur_prob)
+        _check_probability("data.jpeg_prob", self.jpeg_prob)
+        _check_range("data.blur_sigma", *self.blur_sigma, 0.0, 50.0)
+        _check_range("data.jpeg_quality", *self.jpeg_quality, 1, 100)
+        if not 1 <= self.val_jpeg_quality <= 100:
+            raise ConfigError(f"data.val_jpeg_quality={self.val_jpeg_quality} must be in 1..100")
+        if self.crop_size < 8:
+            raise ConfigError(f"data.crop_size={self.crop_size} must be at least 8 pixels")
+        if self.load_size is not None and self.load_size < self.crop_size:
+            raise ConfigError(
+                f"data.load_size={self.load_size} must be >= data.crop_size={self.crop_size}"
+            )
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers={self.num_workers} must be >= 0")
+        if self.embedded_scale <= 0:
+            raise ConfigError(f"data.embedded_scale={self.embedded_scale} must be > 0")
+        if self.classes is not None and len(self.classes) == 0:
+            raise ConfigError("data.classes must name at least one class, or be null for all")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _help(
+        "Backbone name from the model registry (python -m qmdd.train --list-models).",
+        default="resnet18",
+    )
+    pretrained: bool = _help(
+        "Start from torchvision's ImageNet weights (needs them in the torch hub cache).",
+        default=False,
+    )
+
+    def __post_init__(self) -> None:
+        from qmdd.models import list_models  # local import: models import torch
+
+        if self.arch not in list_models():
+            raise ConfigError(
+                f"model.arch={self.arch!r} is unknown{_suggest(self.arch, list_models())}; "
+                f"available: {', '.join(list_models())}"
+            )
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    bits: int = _help(
+        "Weight and activation bits of the quantized layers (WbAb); 32 = full precision.",
+        default=32,
+    )
+    weight_bits: int | None = _help(
+        "Weight bits, when they differ from `bits` (e.g. W2A4). None follows `bits`.",
+        default=None,
+    )
+    act_bits: int | None = _help(
+        "Activation bits, when they differ from `bits`. None follows `bits`.", default=None
+    )
+    quantizer: str = _help("Quantizer family: lsq.", default="lsq")
+    first_layer_bits: int = _help(
+        "Bits of the first conv (weights and input). It sees raw pixels and dominates BOPs "
+        "when low-bit, so it usually stays at 32 (or 8).",
+        default=32,
+    )
+    last_layer_bits: int = _help(
+        "Bits of the classifier (weights and input); usually 32 (or 8).", default=32
+    )
+    keep_full_precision: tuple[str, ...] = _help(
+        "Extra module-name patterns (fnmatch) left in full precision, e.g. ['layer1.*'].",
+        default=(),
+    )
+    calibration_batches: int = _help(
+        "Training batches used to initialise the activation steps before the optimizer is "
+        "built (LSQ initialises from the first batch).",
+        default=1,
+    )
+
+    def __post_init__(self) -> None:
+        _check_bits("quant.bits", self.bits)
+        if self.weight_bits is not None:
+            _check_bits("quant.weight_bits", self.weight_bits)
+        if self.act_bits is not None:
+            _check_bits("quant.act_bits", self.act_bits)
+        _check_bits("quant.first_layer_bits", self.first_layer_bits)
+        _check_bits("quant.last_layer_bits", self.last_layer_bits)
+        from qmdd.quant import list_quantizers  # local import: quant imports torch
+
+        if self.quantizer not in list_quantizers():
+            raise ConfigError(
+                f"quant.quantizer={self.quantizer!r} is unknown"
+                f"{_suggest(self.quantizer, list_quantizers())}; "
+                f"available: {', '.join(list_quantizers())}"
+            )
+        if self.calibration_batches < 1:
+            raise ConfigError("quant.calibration_batches must be >= 1")
+
+    @property
+    def resolved_weight_bits(self) -> int:
+        return self.bits if self.weight_bits is None else self.weight_bits
+
+    @property
+    def resolved_act_bits(self) -> int:
+        return self.bits if self.act_bits is None else self.act_bits
+
+    @property
+    def enabled(self) -> bool:
+        """True when any layer is fake-quantized."""
+        return min(
+            self.resolved_weight_bits,
+            self.resolved_act_bits,
+            self.first_layer_bits,
+            self.last_layer_bits,
+        ) < FULL_PRECISION
+
+    @property
+    def tag(self) -> str:
+        """Short name such as ``fp32`` or ``w2a2``, used in default run folder names."""
+        if self.resolved_weight_bits == self.resolved_act_bits == FULL_PRECISION:
+            return "fp32"
+        return f"w{self.resolved_weight_bits}a{self.resolved_act_bits}"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _help("Maximum number of epochs (early stopping may end sooner).", default=8)
+    batch_size: int = _help("Images per optimizer step (CNNDetection: 64).", default=64)
+    lr: float = _help("Adam learning rate (CNNDetection: 1e-4 from ImageNet weights).", default=1e-3)
+    betas: tuple[float, float] = _help("Adam betas (CNNDetection: 0.9, 0.999).", default=(0.9, 0.999))
+    weight_decay: float = _help("Adam weight decay (CNNDetection: 0).", default=0.0)
+    early_stop_patience: int = _help(
+        "Epochs without a validation-accuracy gain before the lr is divided by "
+        "lr_decay_factor (CNNDetection: 5).",
+        default=5,
+    )
+    early_stop_min_delta: float = _help(
+        "Smallest validation-accuracy gain that counts as progress (CNNDetection: 0.001).",
+        default=0.001,
+    )
+    lr_decay_factor: float = _help("Divide the lr by this at the end of patience.", default=10.0)
+    min_lr: float = _help("Stop training once the lr falls below this (CNNDetection: 1e-6).", default=1e-6)
+    seed: int = _help("Seed of the model init, the data order and the augmentation.", default=0)
+    device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:N]'.", default="auto")
+    log_every: int = _help("Log the training loss to TensorBoard every this many steps.", default=10)
+    out: str | None = _help(
+        "Run folder. None makes runs/<time>-<arch>-<bits>.", default=None
+    )
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "early_stop_patience", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas={list(self.betas)} must each lie in [0, 1)")
+        if self.lr_decay_factor <= 1.0:
+            raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor} must be > 1")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _convert(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce a YAML/CLI value to the field's annotated type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+        return _build(annotation, value, prefix=f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} may not be null")
+        non_null = [a for a in args if a is not type(None)]
+        errors = []
+        for candidate in non_null:
+            try:
+                return _convert(key, value, candidate)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {list(value)!r}")
+        return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug, not user error
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key {prefix}{key!r}{_suggest(str(key), names)}; "
+                f"valid keys in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
+            )
+    kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any] | None) -> RunConfig:
+    """Build a validated :class:`RunConfig` from nested plain data (e.g. parsed YAML)."""
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
+    return _build(RunConfig, values)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Nested plain data (dicts, lists, scalars): YAML- and ``weights_only``-safe."""
+    return _plain(config)
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        values = loaded or {}
+    config = config_from_dict(values)
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: RunConfig, overrides: typing.Sequence[str]) -> RunConfig:
+    """Apply ``section.key=value`` overrides; values are parsed as YAML scalars/lists."""
+    values = config_to_dict(config)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override key {dotted!r} must be section.key, e.g. train.lr")
+        section, key = parts
+        if section not in values:
+            raise ConfigError(
+                f"unknown config section {section!r}{_suggest(section, values)}; "
+                f"valid sections: {', '.join(values)}"
+            )
+        if key not in values[section]:
+            raise ConfigError(
+                f"unknown config key '{section}.{key}'{_suggest(key, values[section])}; "
+                f"valid keys in {section}: {', '.join(values[section])}"
+            )
+        try:
+            values[section][key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            values[section][key] = raw
+    return config_from_dict(values)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from qmdd.utils import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(config), sort_keys=False))
+
+
+def describe_keys() -> str:
+    """One line per config key with its default and help text (for ``--list-keys``)."""
+    lines = []
+    for section in dataclasses.fields(RunConfig):
+        cls = section.default_factory()  # type: ignore[misc]
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(cls):
+            default = _plain(getattr(cls, f.name))
+            lines.append(f"  {f.name} = {default!r}")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

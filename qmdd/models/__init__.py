@@ -1,0 +1,12 @@
+"""Detector backbones, by registry name.
+
+>>> from qmdd.models import create_model, list_models
+>>> list_models("resnet*")
+['resnet18', 'resnet34', 'resnet50']
+"""
+
+from qmdd.models._registry import create_model, list_models, register_model
+from qmdd.models import _torchvision  # noqa: F401  (registers the torchvision backbones)
+from qmdd.models._torchvision import single_logit_head
+
+__all__ = ["create_model", "list_models", "register_model", "single_logit_head"]

@@ -1,0 +1,41 @@
+"""Fake quantization: quantizers, quantized layers, and the ``quantize`` verb.
+
+Typical use::
+
+    from qmdd.config import QuantConfig
+    from qmdd.quant import quantize, calibrate
+
+    model = quantize(model, QuantConfig(bits=2))      # swap conv/linear layers
+    calibrate(model, [first_batch])                   # initialise steps from data
+    optimizer = torch.optim.Adam(model.parameters())  # steps are Parameters too
+"""
+
+from qmdd.quant._base import FullPrecision, NotCalibratedError, Quantizer
+from qmdd.quant._layers import QUANTIZED_LAYERS, QConv2d, QLinear
+from qmdd.quant._lsq import LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant, signed_range, unsigned_range
+from qmdd.quant._registry import QuantizerFamily, get_quantizer, list_quantizers, register_quantizer
+from qmdd.quant._transform import LayerPrecision, calibrate, is_quantized, plan_precision, quantize, quantized_layers
+
+__all__ = [
+    "Quantizer",
+    "FullPrecision",
+    "NotCalibratedError",
+    "QConv2d",
+    "QLinear",
+    "QUANTIZED_LAYERS",
+    "LSQWeightQuantizer",
+    "LSQActivationQuantizer",
+    "lsq_fake_quant",
+    "signed_range",
+    "unsigned_range",
+    "QuantizerFamily",
+    "register_quantizer",
+    "get_quantizer",
+    "list_quantizers",
+    "LayerPrecision",
+    "plan_precision",
+    "quantize",
+    "calibrate",
+    "quantized_layers",
+    "is_quantized",
+]

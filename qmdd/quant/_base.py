@@ -1,0 +1,123 @@
+"""The quantizer interface shared by every fake-quantizer family.
+
+A quantizer is a child module of a quantized layer. It maps a float tensor onto its
+quantization grid and returns it in float ("fake" quantization), so training runs on
+ordinary float kernels while the values are exactly the low-bit ones.
+
+Life cycle, made explicit because a scale set lazily inside ``forward`` makes DDP replicas
+drift apart and breaks ONNX export:
+
+1. **observing**: during :func:`qmdd.quant.calibrate` the quantizer records statistics
+   and passes values through unchanged;
+2. **calibrated**: ``finish_calibration`` turns the statistics into the initial learned
+   parameters; from then on ``forward`` quantizes. The state is a plain Python flag,
+   restored to True when the parameters are loaded from a state dict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from qmdd.config import FULL_PRECISION, SUPPORTED_BITS
+
+__all__ = ["Quantizer", "FullPrecision", "NotCalibratedError"]
+
+
+class NotCalibratedError(RuntimeError):
+    """A quantizer was used before :func:`qmdd.quant.calibrate` initialised it."""
+
+
+class Quantizer(nn.Module):
+    """Base class of fake quantizers.
+
+    Subclasses implement :meth:`observe`, :meth:`finish_calibration` and :meth:`quantize`.
+
+    Attributes:
+        bits: bit width b; the output takes at most 2**b distinct values (per channel for
+            per-channel weight quantizers).
+        enabled: when False the quantizer is a pass-through (for ablations and debugging).
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        if bits not in SUPPORTED_BITS or bits == FULL_PRECISION:
+            low_bits = [b for b in SUPPORTED_BITS if b != FULL_PRECISION]
+            raise ValueError(
+                f"{type(self).__name__} supports bits in {low_bits}, got {bits}; "
+                f"use FullPrecision for 32 bits"
+            )
+        self.bits = bits
+        self.enabled = True
+        self.observing = False
+        self.calibrated = False
+
+    # -- calibration ------------------------------------------------------------------
+    def start_calibration(self) -> None:
+        self.observing = True
+
+    def observe(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def finish_calibration(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _end_observing(self) -> None:
+        self.observing = False
+        self.calibrated = True
+
+    # -- forward ----------------------------------------------------------------------
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observing:
+            self.observe(x.detach())
+            return x
+        if not self.enabled:
+            return x
+        if not self.calibrated:
+            raise NotCalibratedError(
+                f"{type(self).__name__} has not been initialised: call "
+                "qmdd.quant.calibrate(model, batches) after quantize() and before training, "
+                "or load a calibrated checkpoint"
+            )
+        return self.quantize(x)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # Learned parameters present in a checkpoint are a finished calibration.
+        if any(key.startswith(prefix) for key in state_dict):
+            self._after_load()
+            self.calibrated = True
+
+    def _after_load(self) -> None:
+        """Hook for subclasses that mirror loaded buffers into Python attributes."""
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, calibrated={self.calibrated}"
+
+
+class FullPrecision(Quantizer):
+    """Pass-through used where a layer keeps 32-bit weights or inputs."""
+
+    def __init__(self) -> None:
+        nn.Module.__init__(self)
+        self.bits = FULL_PRECISION
+        self.enabled = False
+        self.observing = False
+        self.calibrated = True
+
+    def observe(self, x: torch.Tensor) -> None:
+        pass
+
+    def finish_calibration(self) -> None:
+        self._end_observing()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return "bits=32"

@@ -1,0 +1,125 @@
+"""Fake-quantized Conv2d and Linear.
+
+They *are* ``nn.Conv2d`` / ``nn.Linear`` (subclasses whose ``forward`` reads
+``self.weight``) and share the float layer's Parameters, so state-dict keys, pruning masks
+(``torch.nn.utils.prune``), FLOP counters and checkpoints speak the same names for float and
+quantized models. The quantizers are child modules: ``weight_quantizer`` acts on the weight,
+``input_quantizer`` on the layer input (the activation of the previous layer).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from qmdd.quant._base import FullPrecision, Quantizer
+
+__all__ = ["QConv2d", "QLinear", "QUANTIZED_LAYERS"]
+
+
+class _QuantizedLayerMixin:
+    weight: nn.Parameter
+    weight_quantizer: Quantizer
+    input_quantizer: Quantizer
+
+    @property
+    def weight_bits(self) -> int:
+        return self.weight_quantizer.bits
+
+    @property
+    def act_bits(self) -> int:
+        return self.input_quantizer.bits
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The effective (fake-quantized) weight the forward pass uses."""
+        return self.weight_quantizer(self.weight)
+
+    def _attach(self, weight_quantizer: Quantizer | None, input_quantizer: Quantizer | None) -> None:
+        self.weight_quantizer = weight_quantizer or FullPrecision()
+        self.input_quantizer = input_quantizer or FullPrecision()
+
+
+class QConv2d(_QuantizedLayerMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weight and input pass through fake quantizers."""
+
+    @classmethod
+    def from_float(
+        cls,
+        conv: nn.Conv2d,
+        weight_quantizer: Quantizer | None = None,
+        input_quantizer: Quantizer | None = None,
+    ) -> "QConv2d":
+        """Wrap ``conv``'s own Parameters (not copies) with the given quantizers."""
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
+        )
+        layer.weight = conv.weight
+        layer.bias = conv.bias
+        layer.train(conv.training)
+        layer._attach(weight_quantizer, input_quantizer)
+        return layer
+
+    def to_float(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` sharing this layer's (float, unquantized) Parameters."""
+        conv = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias is not None,
+            padding_mode=self.padding_mode,
+            device="meta",
+        )
+        conv.weight = self.weight
+        conv.bias = self.bias
+        conv.train(self.training)
+        return conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+class QLinear(_QuantizedLayerMixin, nn.Linear):
+    """``nn.Linear`` whose weight and input pass through fake quantizers."""
+
+    @classmethod
+    def from_float(
+        cls,
+        linear: nn.Linear,
+        weight_quantizer: Quantizer | None = None,
+        input_quantizer: Quantizer | None = None,
+    ) -> "QLinear":
+        layer = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        layer.train(linear.training)
+        layer._attach(weight_quantizer, input_quantizer)
+        return layer
+
+    def to_float(self) -> nn.Linear:
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        linear.weight = self.weight
+        linear.bias = self.bias
+        linear.train(self.training)
+        return linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)
+
+
+#: The swap table: float layer type -> its fake-quantized twin (exact types only, so an
+#: already-quantized layer is never wrapped twice).
+QUANTIZED_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Conv2d: QConv2d, nn.Linear: QLinear}

@@ -1,0 +1,190 @@
+"""LSQ: Learned Step size Quantization (Esser et al., ICLR 2020).
+
+Forward, for step s > 0 and integer range [-Qn, Qp]:
+
+    q(x) = round(clip(x / s, -Qn, Qp)) * s
+
+Backward (straight-through round, analytic, one fused autograd node):
+
+    dq/dx = 1                    if -Qn <= x/s <= Qp, else 0
+    dq/ds = round(x/s) - x/s     inside the range
+          = -Qn or Qp            below / above it
+    and the step gradient is multiplied by g = 1 / sqrt(N * Qp)   (N: elements per step)
+
+Ranges (reference.md §3): weights are signed, [-2^(b-1), 2^(b-1) - 1], with one step per
+output channel; activations are unsigned, [0, 2^b - 1], when they are non-negative (after
+ReLU) and signed otherwise, with one step per tensor. Whether an input is non-negative is
+read from the calibration batches, so MobileNet block outputs (which can be negative) get a
+signed grid and post-ReLU ResNet inputs an unsigned one without per-architecture rules.
+
+Initialisation (LSQ): s = 2 * mean|x| / sqrt(Qp), from the weights themselves and, for
+activations, from the calibration batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from qmdd.quant._base import Quantizer
+
+__all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "signed_range", "unsigned_range"]
+
+# A step below this (in input units) would divide by ~0; all-zero (e.g. pruned) channels
+# initialise to it and stay exactly zero after quantization.
+_MIN_STEP = 1e-8
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """Integer range (-Qn, Qp) of a signed b-bit grid: 2^b levels."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """Integer range (0, Qp) of an unsigned b-bit grid: 2^b levels."""
+    return 0, 2**bits - 1
+
+
+class _LSQFakeQuant(torch.autograd.Function):
+    """Quantize-dequantize with LSQ's analytic backward in a single autograd node."""
+
+    @staticmethod
+    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale):  # type: ignore[override]
+        scaled = x / step
+        ctx.save_for_backward(scaled, step, grad_scale)
+        ctx.qmin, ctx.qmax = qmin, qmax
+        return scaled.clamp(qmin, qmax).round() * step
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        scaled, step, grad_scale = ctx.saved_tensors
+        qmin, qmax = ctx.qmin, ctx.qmax
+        below = scaled < qmin
+        above = scaled > qmax
+        inside = ~(below | above)
+        grad_x = grad_output * inside if ctx.needs_input_grad[0] else None
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            clipped = torch.where(below, float(qmin), float(qmax)).to(scaled.dtype)
+            local = torch.where(inside, scaled.round() - scaled, clipped)
+            grad_step = (grad_output * local).sum_to_size(step.shape) * grad_scale
+        return grad_x, grad_step, None, None, None
+
+
+def lsq_fake_quant(
+    x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: torch.Tensor
+) -> torch.Tensor:
+    """LSQ quantize-dequantize of ``x`` with a step broadcastable to ``x``.
+
+    ``grad_scale`` is LSQ's g = 1/sqrt(N * Qp), a 0-dim tensor so that it travels with the
+    state dict and a resumed run trains exactly as an uninterrupted one.
+    """
+    return _LSQFakeQuant.apply(x, step.clamp_min(_MIN_STEP), qmin, qmax, grad_scale)
+
+
+def _init_step(mean_abs: torch.Tensor, qmax: int) -> torch.Tensor:
+    return (2.0 * mean_abs / math.sqrt(qmax)).clamp_min(_MIN_STEP)
+
+
+def _grad_scale(elements_per_step: int, qmax: int) -> float:
+    return 1.0 / math.sqrt(elements_per_step * qmax)
+
+
+class LSQWeightQuantizer(Quantizer):
+    """Signed LSQ with one learned step per output channel (dim 0 of the weight).
+
+    Per-channel N in g = 1/sqrt(N * Qp) is the number of weights one step scales
+    (in_channels * kh * kw for a conv), the per-channel reading of LSQ's per-tensor N.
+    """
+
+    def __init__(self, bits: int, weight: torch.Tensor) -> None:
+        super().__init__(bits)
+        self.qmin, self.qmax = signed_range(bits)
+        channels = weight.shape[0]
+        elements_per_step = weight[0].numel()
+        self.step = nn.Parameter(torch.ones(channels, device=weight.device))
+        self.register_buffer(
+            "grad_scale", torch.tensor(_grad_scale(elements_per_step, self.qmax), device=weight.device)
+        )
+
+    def observe(self, weight: torch.Tensor) -> None:
+        mean_abs = weight.reshape(weight.shape[0], -1).abs().mean(dim=1)
+        self.step.data.copy_(_init_step(mean_abs, self.qmax))
+        self._seen = True
+
+    def finish_calibration(self) -> None:
+        if not getattr(self, "_seen", False):
+            raise RuntimeError("LSQWeightQuantizer saw no weight during calibration")
+        self._end_observing()
+
+    def _step_like(self, weight: torch.Tensor) -> torch.Tensor:
+        return self.step.view(-1, *([1] * (weight.dim() - 1)))
+
+    def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        return lsq_fake_quant(weight, self._step_like(weight), self.qmin, self.qmax, self.grad_scale)
+
+    def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """Integer codes round(clip(w / s)) in [qmin, qmax]: what an export stores."""
+        step = self._step_like(weight).clamp_min(_MIN_STEP)
+        return (weight / step).clamp(self.qmin, self.qmax).round()
+
+
+class LSQActivationQuantizer(Quantizer):
+    """LSQ with one learned step per tensor; unsigned when calibration saw no negatives."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.step = nn.Parameter(torch.ones(()))
+        # Persisted so a checkpoint restores the grid; mirrored in self.signed_grid (Python)
+        # so the forward pass never reads a tensor to decide its control flow.
+        self.register_buffer("signed", torch.tensor(False))
+        self.register_buffer("grad_scale", torch.tensor(1.0))
+        self.signed_grid = False
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._abs_sum = 0.0
+        self._batches = 0
+        self._min = math.inf
+        self._features = 1
+
+    @property
+    def qmin(self) -> int:
+        return signed_range(self.bits)[0] if self.signed_grid else 0
+
+    @property
+    def qmax(self) -> int:
+        return signed_range(self.bits)[1] if self.signed_grid else unsigned_range(self.bits)[1]
+
+    def start_calibration(self) -> None:
+        super().start_calibration()
+        self._reset_stats()
+
+    def observe(self, x: torch.Tensor) -> None:
+        self._abs_sum += float(x.abs().mean())
+        self._min = min(self._min, float(x.min()))
+        self._batches += 1
+        # N for activations is the number of features per sample (LSQ).
+        self._features = x[0].numel() if x.dim() > 0 else 1
+
+    def finish_calibration(self) -> None:
+        if self._batches == 0:
+            raise RuntimeError("LSQActivationQuantizer saw no input during calibration")
+        self.signed_grid = self._min < 0
+        self.signed.fill_(self.signed_grid)
+        mean_abs = torch.tensor(self._abs_sum / self._batches)
+        self.step.data.copy_(_init_step(mean_abs, self.qmax))
+        self.grad_scale.fill_(_grad_scale(self._features, self.qmax))
+        self._end_observing()
+
+    def _after_load(self) -> None:
+        self.signed_grid = bool(self.signed)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.grad_scale)
+
+    def extra_repr(self) -> str:
+        grid = "signed" if self.signed_grid else "unsigned"
+        return f"{super().extra_repr()}, {grid}"
