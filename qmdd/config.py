@@ -370,7 +370,7 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     for key in values:
         if key not in names:
             raise ConfigError(
-                f"unknown config key {prefix}{key!r}{_suggest(str(key), names)}; "
+                f"unknown config key '{prefix}{key}'{_suggest(str(key), names)}; "
                 f"valid keys in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
             )
     kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}

@@ -1,0 +1,10 @@
+"""Detection metrics as the field reports them (CNNDetection, UniversalFakeDetect).
+
+Scores are ``sigmoid(logit)``, the probability of *fake* (label 1). Accuracies threshold
+the score at ``> 0.5``; AP is the step-wise average precision that
+``sklearn.metrics.average_precision_score`` computes (tests check they agree).
+"""
+
+from qmdd.metrics._binary import BinaryMetrics, accuracy_at, average_precision, binary_metrics, mean_metrics
+
+__all__ = ["BinaryMetrics", "average_precision", "accuracy_at", "binary_metrics", "mean_metrics"]

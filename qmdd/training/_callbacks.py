@@ -1,0 +1,99 @@
+"""Callbacks of the training loop: early stopping, checkpoints, TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from qmdd.config import RunConfig
+from qmdd.metrics import BinaryMetrics
+from qmdd.quant import quantized_layers
+from qmdd.training._loop import Callback, Trainer
+from qmdd.training.checkpoint import save_checkpoint
+
+__all__ = ["EarlyStopping", "Checkpointer", "TensorBoardLogger", "LAST_CHECKPOINT", "BEST_CHECKPOINT"]
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+class EarlyStopping(Callback):
+    """CNNDetection's schedule on validation accuracy.
+
+    A gain below ``min_delta`` for ``patience`` epochs divides the lr by ``decay_factor``
+    and restarts the patience; once the lr would fall below ``min_lr`` training stops.
+    Also records the best epoch, which :class:`Checkpointer` saves as ``best.pt``.
+    """
+
+    def __init__(self, patience: int, min_delta: float, decay_factor: float, min_lr: float) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.decay_factor, self.min_lr = decay_factor, min_lr
+
+    def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
+        state = trainer.state
+        if val.acc > state.best_val_acc + self.min_delta or state.best_epoch == 0:
+            state.best_val_acc = max(val.acc, state.best_val_acc)
+            state.best_epoch = state.epoch
+            state.epochs_without_gain = 0
+            return
+        state.epochs_without_gain += 1
+        if state.epochs_without_gain >= self.patience:
+            new_lr = state.lr / self.decay_factor
+            if new_lr < self.min_lr:
+                state.stopped_early = True
+            else:
+                trainer.set_lr(new_lr)
+                state.epochs_without_gain = 0
+
+
+class Checkpointer(Callback):
+    """Writes ``last.pt`` after every epoch and ``best.pt`` when validation improves."""
+
+    def __init__(self, out_dir: Path, config: RunConfig) -> None:
+        self.out_dir, self.config = out_dir, config
+
+    def _save(self, trainer: Trainer, name: str) -> None:
+        save_checkpoint(
+            self.out_dir / name,
+            config=self.config,
+            model=trainer.model,
+            optimizer=trainer.optimizer,
+            trainer=trainer.state.as_dict(),
+        )
+
+    def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
+        # best first: if the process dies between the two writes, last.pt (the resume
+        # point) still describes an epoch whose best.pt is on disk.
+        if trainer.state.best_epoch == trainer.state.epoch:
+            self._save(trainer, BEST_CHECKPOINT)
+        self._save(trainer, LAST_CHECKPOINT)
+
+
+class TensorBoardLogger(Callback):
+    """Training loss and lr per step, validation metrics and quantizer steps per epoch."""
+
+    def __init__(self, writer: SummaryWriter, log_every: int) -> None:
+        self.writer, self.log_every = writer, log_every
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        step = trainer.state.step
+        if step % self.log_every == 0:
+            self.writer.add_scalar("train/loss", float(loss), step)
+            self.writer.add_scalar("train/lr", trainer.state.lr, step)
+
+    def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
+        step = trainer.state.step
+        for name in ("ap", "acc", "real_acc", "fake_acc"):
+            self.writer.add_scalar(f"val/{name}", getattr(val, name), step)
+        self.writer.add_scalar("train/epoch", trainer.state.epoch, step)
+        for layer_name, layer in quantized_layers(trainer.model):
+            for role, quantizer in (("weight_step", layer.weight_quantizer), ("input_step", layer.input_quantizer)):
+                step_param = getattr(quantizer, "step", None)
+                if isinstance(step_param, torch.Tensor) and step_param.numel():
+                    self.writer.add_scalar(f"quant/{layer_name}/{role}", float(step_param.detach().abs().mean()), step)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.flush()

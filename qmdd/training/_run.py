@@ -1,0 +1,219 @@
+"""``run(config)``: one training run from config to ``metrics.json``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from qmdd.config import RunConfig, config_from_dict, config_to_dict, save_config
+from qmdd.data import TrainingData, build_training_data
+from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
+from qmdd.quant import calibrate
+from qmdd.training._callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpointer, EarlyStopping, TensorBoardLogger
+from qmdd.training._loop import Callback, LossFn, Trainer, TrainState, bce_loss, predict
+from qmdd.training.checkpoint import build_detector, load_checkpoint
+from qmdd.utils import atomic_write_text, seed_everything
+
+__all__ = ["run", "RunError", "default_out_dir", "resolve_device", "METRICS_FILE", "CONFIG_FILE"]
+
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+
+# Keys a resumed run may change: they alter neither the model nor the data it sees.
+_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("data", "num_workers"), ("train", "out")}
+
+
+class RunError(RuntimeError):
+    """A run cannot start as asked (e.g. resuming a run that does not exist)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def default_out_dir(config: RunConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{config.model.arch}-{config.quant.tag}"
+
+
+def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
+    a, b = config_to_dict(old), config_to_dict(new)
+    return [
+        f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}"
+        for section in a
+        for key in a[section]
+        if a[section][key] != b[section][key] and (section, key) not in _RESUMABLE_CHANGES
+    ]
+
+
+def _load_resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, Any], RunConfig]:
+    last = out_dir / LAST_CHECKPOINT
+    if not last.is_file():
+        raise RunError(f"--resume: {out_dir} holds no {LAST_CHECKPOINT} to continue from")
+    payload = load_checkpoint(last)
+    saved = config_from_dict(payload["config"])
+    changes = _config_differences(saved, config)
+    if changes:
+        raise RunError(
+            "--resume with a different config would not continue the same run; differences: "
+            + "; ".join(changes)
+        )
+    # Keep the saved config, with the harmless changes (more epochs, another device).
+    resumed = replace(saved, train=replace(saved.train, epochs=config.train.epochs, device=config.train.device, out=config.train.out), data=replace(saved.data, num_workers=config.data.num_workers))
+    return payload, resumed
+
+
+def _calibration_batches(trainer: Trainer, count: int, device: torch.device):
+    for index, (images, _) in enumerate(trainer.train_loader(epoch=0)):
+        if index >= count:
+            break
+        yield images.to(device)
+
+
+def _evaluate_tests(model: torch.nn.Module, data: TrainingData, batch_size: int, device: torch.device, num_workers: int) -> dict[str, BinaryMetrics]:
+    results = {}
+    for name, dataset in data.test.items():
+        labels, scores = predict(model, dataset, batch_size, device, num_workers, desc=f"test {name}")
+        results[name] = binary_metrics(labels, scores)
+    return results
+
+
+def _summary(per_set: dict[str, BinaryMetrics], seen: str | None) -> dict[str, Any]:
+    summary: dict[str, Any] = {"test": {name: m.as_dict() for name, m in per_set.items()}}
+    unseen = [m for name, m in per_set.items() if name != seen]
+    if seen in per_set:
+        summary["seen"] = per_set[seen].as_dict()
+    if unseen:
+        summary["mean_unseen"] = mean_metrics(unseen).as_dict()
+    if per_set:
+        summary["mean_all"] = mean_metrics(per_set.values()).as_dict()
+    return summary
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def run(
+    config: RunConfig,
+    *,
+    resume: bool = False,
+    callbacks: tuple[Callback, ...] = (),
+    loss_fn: LossFn = bce_loss,
+) -> dict[str, Any]:
+    """Train and evaluate one detector; returns what it writes to ``metrics.json``.
+
+    The run folder (``config.train.out``) receives ``config.yaml``, TensorBoard events,
+    ``last.pt``/``best.pt`` after every epoch and, at the end, ``metrics.json`` with the
+    per-family test metrics of the best-validation checkpoint.
+    """
+    out_dir = Path(config.train.out) if config.train.out else default_out_dir(config)
+    config = replace(config, train=replace(config.train, out=str(out_dir)))
+    payload = None
+    if resume:
+        payload, config = _load_resume_point(out_dir, config)
+    elif (out_dir / LAST_CHECKPOINT).exists():
+        raise RunError(
+            f"{out_dir} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it, "
+            "or choose another --out"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    seed_everything(config.train.seed)
+    device = resolve_device(config.train.device)
+    data = build_training_data(config.data, seed=config.train.seed)
+    model = build_detector(config).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.train.lr, betas=config.train.betas, weight_decay=config.train.weight_decay
+    )
+    state = TrainState(lr=config.train.lr)
+    writer = SummaryWriter(log_dir=str(out_dir))
+    trainer = Trainer(
+        model,
+        optimizer,
+        data.train,
+        data.val,
+        batch_size=config.train.batch_size,
+        device=device,
+        seed=config.train.seed,
+        state=state,
+        callbacks=[
+            EarlyStopping(
+                config.train.early_stop_patience,
+                config.train.early_stop_min_delta,
+                config.train.lr_decay_factor,
+                config.train.min_lr,
+            ),
+            Checkpointer(out_dir, config),
+            TensorBoardLogger(writer, config.train.log_every),
+            *callbacks,
+        ],
+        loss_fn=loss_fn,
+        num_workers=config.data.num_workers,
+    )
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        trainer.state = TrainState.from_dict(payload["trainer"])
+        torch.set_rng_state(payload["torch_rng"])
+    else:
+        # Quantizer steps come from data *before* the optimizer sees them (reference §7).
+        calibrate(model, _calibration_batches(trainer, config.quant.calibration_batches, device))
+    save_config(config, out_dir / CONFIG_FILE)
+
+    try:
+        trainer.fit(config.train.epochs)
+    except KeyboardInterrupt:
+        writer.close()
+        raise RunError(
+            f"interrupted after {trainer.state.epoch} finished epoch(s); continue with "
+            f"python -m qmdd.train --resume --out {out_dir}"
+        ) from None
+
+    best = load_checkpoint(out_dir / BEST_CHECKPOINT, map_location=device)
+    model.load_state_dict(best["model"])
+    per_set = _evaluate_tests(model, data, config.train.batch_size * 2, device, config.data.num_workers)
+    metrics: dict[str, Any] = {
+        "run_dir": str(out_dir),
+        "benchmark": data.benchmark,
+        "data_root": str(data.root),
+        "arch": config.model.arch,
+        "quant": config.quant.tag,
+        "quantizer": config.quant.quantizer if config.quant.enabled else None,
+        "seen_family": data.seen_family,
+        **_summary(per_set, data.seen_family),
+        "best_epoch": trainer.state.best_epoch,
+        "epochs_trained": trainer.state.epoch,
+        "val_best": trainer.state.history[trainer.state.best_epoch - 1] if trainer.state.best_epoch else None,
+        "train_time_s": round(trainer.state.elapsed_s, 2),
+        "train_images": len(data.train),
+    }
+    step = trainer.state.step
+    for name, m in per_set.items():
+        writer.add_scalar(f"test/{name}/ap", m.ap, step)
+        writer.add_scalar(f"test/{name}/acc", m.acc, step)
+    for group in ("seen", "mean_unseen"):
+        if group in metrics:
+            writer.add_scalar(f"test/{group}/ap", metrics[group]["ap"], step)
+            writer.add_scalar(f"test/{group}/acc", metrics[group]["acc"], step)
+    writer.close()
+    atomic_write_text(out_dir / METRICS_FILE, json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return metrics

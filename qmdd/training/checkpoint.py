@@ -1,0 +1,91 @@
+"""Checkpoints: atomic, ``torch.load(..., weights_only=True)``-safe, self-describing.
+
+A checkpoint is a plain dict of tensors and primitives::
+
+    {"format": "qmdd-checkpoint", "format_version": 1, "qmdd_version": "...",
+     "config": <RunConfig as nested dicts>, "model": state_dict,
+     "optimizer": state_dict | None, "trainer": TrainState as dict, "torch_rng": ByteTensor}
+
+The resolved config travels inside, so :func:`load_detector` rebuilds the exact
+architecture (backbone, bit widths, quantizer) without any other file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import qmdd
+from qmdd.config import RunConfig, config_from_dict, config_to_dict
+from qmdd.utils import atomic_write
+
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "build_detector", "load_detector"]
+
+CHECKPOINT_FORMAT = "qmdd-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file is not a readable qmdd checkpoint."""
+
+
+def save_checkpoint(path: str | Path, *, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, trainer: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint atomically: a crash mid-save keeps the previous file."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "qmdd_version": qmdd.__version__,
+        "config": config_to_dict(config),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "trainer": trainer or {},
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True`` (no pickle code execution)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, wrong file type, unsafe pickle...
+        raise CheckpointError(f"{path} is not a readable qmdd checkpoint: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a qmdd checkpoint (no '{CHECKPOINT_FORMAT}' header)")
+    if payload.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload['format_version']}, newer than this qmdd "
+            f"reads ({CHECKPOINT_VERSION}); upgrade qmdd"
+        )
+    return payload
+
+
+def build_detector(config: RunConfig) -> nn.Module:
+    """The backbone named in ``config``, quantized as ``config.quant`` says (uncalibrated)."""
+    from qmdd.models import create_model
+    from qmdd.quant import quantize
+
+    model = create_model(config.model.arch, pretrained=config.model.pretrained)
+    if config.quant.enabled:
+        quantize(model, config.quant)
+    return model
+
+
+def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
+    """Rebuild the trained detector of a checkpoint, in eval mode, with its config."""
+    payload = load_checkpoint(path, map_location)
+    config = config_from_dict(payload["config"])
+    # The architecture comes from the config; never download weights just to overwrite them.
+    from dataclasses import replace
+
+    model = build_detector(replace(config, model=replace(config.model, pretrained=False)))
+    model.load_state_dict(payload["model"])
+    model.to(map_location)
+    model.eval()
+    return model, config
