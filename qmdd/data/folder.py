@@ -28,6 +28,9 @@ __all__ = [
     "load_rgb",
     "ImageSet",
     "DataLayoutError",
+    "LoadFailure",
+    "TolerantImageSet",
+    "collate_skipping_failures",
 ]
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
@@ -118,6 +121,51 @@ class ImageSet(Dataset):
         path, label = self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         return self.transform(load_rgb(path), rng), label
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """Marker a :class:`TolerantImageSet` returns for an image it could not read."""
+
+    index: int
+    path: str
+    error: str
+
+
+class TolerantImageSet(ImageSet):
+    """An :class:`ImageSet` for evaluation: unreadable images become :class:`LoadFailure`.
+
+    Items are ``(tensor, label, index)``, or a ``LoadFailure`` naming the path. Batch
+    them with :func:`collate_skipping_failures`, which drops the failures and hands them
+    back, so one corrupt file in 10k neither stops an evaluation nor vanishes unreported.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | LoadFailure:  # type: ignore[override]
+        path, label = self.samples[index]
+        try:
+            image = load_rgb(path)
+        except ImageLoadError as error:
+            return LoadFailure(index, str(path), str(error))
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return self.transform(image, rng), label, index
+
+
+def collate_skipping_failures(
+    batch: Sequence[tuple[torch.Tensor, int, int] | LoadFailure],
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, list[LoadFailure]]:
+    """``(images or None, labels, indices, failures)`` from :class:`TolerantImageSet` items.
+
+    ``images`` is None when every item of the batch failed to load.
+    """
+    failures = [item for item in batch if isinstance(item, LoadFailure)]
+    loaded = [item for item in batch if not isinstance(item, LoadFailure)]
+    if not loaded:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return None, empty, empty.clone(), failures
+    images = torch.stack([item[0] for item in loaded])
+    labels = torch.tensor([item[1] for item in loaded], dtype=torch.int64)
+    indices = torch.tensor([item[2] for item in loaded], dtype=torch.int64)
+    return images, labels, indices, failures
 
 
 @dataclass(frozen=True)

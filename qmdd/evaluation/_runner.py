@@ -1,0 +1,349 @@
+"""Run one or more checkpoints over a suite: load each image once, score it with every model."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from qmdd.config import DataConfig, RunConfig
+from qmdd.data import DetectorTransform, LoadFailure, TolerantImageSet, collate_skipping_failures, gaussian_blur, jpeg_compress
+from qmdd.evaluation._resolve import OK, ResolvedSet, ResolvedSuite, resolve_suite
+from qmdd.evaluation._suites import EMBEDDED_ROOT, Protocol, Suite
+from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
+
+__all__ = [
+    "EvalError",
+    "EvalOptions",
+    "EvalTransform",
+    "SetResult",
+    "CheckpointResult",
+    "SuiteReport",
+    "best_threshold_accuracy",
+    "default_data_root",
+    "evaluate",
+    "checkpoint_labels",
+]
+
+#: Status of a set whose every image failed to load.
+UNREADABLE = "unreadable"
+
+
+class EvalError(RuntimeError):
+    """An evaluation cannot run as asked (no data root, no checkpoint...)."""
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to run a suite (the suite itself says which images and which protocol).
+
+    Attributes:
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes (0 decodes in the main process).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        blur_sigma: Gaussian blur sigma in pixels applied to every test image (0 = none);
+            robustness evaluation, applied before ``jpeg_quality``.
+        jpeg_quality: re-compress every test image as JPEG at this quality (None = none).
+        oracle: also report the best-threshold accuracy, fitted on the test set itself.
+        progress: tqdm progress bars (None: only on a terminal).
+    """
+
+    batch_size: int = 64
+    workers: int = 0
+    device: str = "auto"
+    blur_sigma: float = 0.0
+    jpeg_quality: int | None = None
+    oracle: bool = False
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise EvalError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.workers < 0:
+            raise EvalError(f"workers must be >= 0, got {self.workers}")
+        if self.blur_sigma < 0:
+            raise EvalError(f"blur sigma must be >= 0, got {self.blur_sigma}")
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise EvalError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+
+
+class EvalTransform:
+    """Test-time image -> tensor: blur, then JPEG, then resize, then centre crop, normalise.
+
+    Degradations come first: they model what happened to the image before the detector
+    saw it. The crop/normalise step is :class:`qmdd.data.DetectorTransform` in ``test``
+    mode, so the embedded suite scores exactly what training's own test pass scores.
+    """
+
+    def __init__(self, *, crop: int | None, resize: int | None = None, load_size: int | None = None, blur_sigma: float = 0.0, jpeg_quality: int | None = None) -> None:
+        size = crop if crop is not None else resize
+        if size is None:
+            raise EvalError("a test transform needs a crop or a resize")
+        self.key = (crop, resize, load_size, blur_sigma, jpeg_quality)
+        self.resize, self.blur_sigma, self.jpeg_quality = resize, blur_sigma, jpeg_quality
+        self._inner = DetectorTransform(DataConfig(load_size=load_size, crop_size=size), "test")
+
+    def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
+        if self.blur_sigma > 0:
+            image = gaussian_blur(image, self.blur_sigma)
+        if self.jpeg_quality is not None:
+            image = jpeg_compress(image, self.jpeg_quality)
+        if self.resize is not None:
+            image = image.resize((self.resize, self.resize), Image.BILINEAR)
+        return self._inner(image, rng)
+
+
+def transform_for(protocol: Protocol, config: RunConfig, options: EvalOptions) -> EvalTransform:
+    if protocol.from_checkpoint:
+        return EvalTransform(crop=config.data.crop_size, load_size=config.data.load_size, blur_sigma=options.blur_sigma, jpeg_quality=options.jpeg_quality)
+    return EvalTransform(crop=protocol.crop, resize=protocol.resize, blur_sigma=options.blur_sigma, jpeg_quality=options.jpeg_quality)
+
+
+def best_threshold_accuracy(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The highest accuracy any threshold reaches on these scores, and that threshold.
+
+    An *oracle*: the threshold is fitted on the very images it is scored on, so it only
+    says how separable the scores are. The threshold ``t`` uses the rule of
+    :func:`qmdd.metrics.accuracy_at` (fake when ``score > t``).
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size == 0:
+        return math.nan, math.nan
+    order = np.argsort(s, kind="mergesort")
+    s, y = s[order], y[order]
+    # Split k: items [0, k) called real, [k, n) called fake.
+    real_below = np.r_[0, np.cumsum(y == 0)]
+    fake_at_or_above = int((y == 1).sum()) - np.r_[0, np.cumsum(y == 1)]
+    correct = real_below + fake_at_or_above
+    splits = np.arange(y.size + 1)
+    valid = (splits == 0) | (splits == y.size)
+    valid[1:-1] = s[1:] != s[:-1]  # only between distinct scores
+    k = int(splits[valid][np.argmax(correct[valid])])
+    if k == 0:
+        threshold = float(np.nextafter(s[0], -np.inf))
+    elif k == y.size:
+        threshold = float(s[-1])
+    else:
+        threshold = float((s[k - 1] + s[k]) / 2)
+        if not s[k - 1] <= threshold < s[k]:  # adjacent floats: the midpoint rounds up
+            threshold = float(s[k - 1])
+    return float(correct[k] / y.size), threshold
+
+
+@dataclass
+class SetResult:
+    """One set scored by one checkpoint. Metrics are None unless ``status == "ok"``."""
+
+    name: str
+    status: str
+    reason: str = ""
+    metrics: BinaryMetrics | None = None
+    oracle_acc: float | None = None
+    oracle_threshold: float | None = None
+    found_real: int = 0
+    found_fake: int = 0
+    skipped: list[LoadFailure] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+
+@dataclass
+class CheckpointResult:
+    label: str
+    path: str
+    arch: str
+    quant: str
+    transform: tuple
+    sets: list[SetResult]
+
+    @property
+    def evaluated(self) -> list[SetResult]:
+        return [s for s in self.sets if s.status == OK]
+
+    @property
+    def mean(self) -> BinaryMetrics | None:
+        done = self.evaluated
+        return mean_metrics([s.metrics for s in done]) if done else None
+
+    @property
+    def mean_oracle_acc(self) -> float | None:
+        values = [s.oracle_acc for s in self.evaluated if s.oracle_acc is not None]
+        return float(np.mean(values)) if values else None
+
+
+@dataclass
+class SuiteReport:
+    suite: Suite
+    resolved: ResolvedSuite
+    options: EvalOptions
+    checkpoints: list[CheckpointResult]
+    images_loaded: int
+    seconds: float
+
+    @property
+    def name(self) -> str:
+        """Report name: the suite, plus the test-time degradations (``forensynths_blur1_jpeg75``)."""
+        name = self.suite.name
+        if self.options.blur_sigma > 0:
+            name += f"_blur{self.options.blur_sigma:g}"
+        if self.options.jpeg_quality is not None:
+            name += f"_jpeg{self.options.jpeg_quality}"
+        return name
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_loaded / self.seconds if self.seconds > 0 else math.nan
+
+
+def default_data_root(suite: Suite, progress: bool | None = None) -> Path:
+    if suite.default_root == EMBEDDED_ROOT:
+        from qmdd.data import resolve_data_root
+
+        try:
+            return resolve_data_root(DataConfig(), progress)
+        except ImportError as error:
+            raise EvalError(f"the embedded benchmark is not available ({error}); pass --data-root") from None
+    raise EvalError(f"suite {suite.name!r} needs --data-root (see docs/data.md for how to download it)")
+
+
+def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Column names: ``<run folder>/<file stem>``, made unique with ``#2``, ``#3``..."""
+    labels, seen = [], {}
+    for path in paths:
+        path = Path(path)
+        label = f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem
+        seen[label] = seen.get(label, 0) + 1
+        labels.append(label if seen[label] == 1 else f"{label}#{seen[label]}")
+    return labels
+
+
+def _resolve_device(name: str) -> torch.device:
+    from qmdd.training import resolve_device
+
+    try:
+        return resolve_device(name)
+    except Exception as error:
+        raise EvalError(str(error)) from None
+
+
+def _score_group(models: list[torch.nn.Module], sets: list[ResolvedSet], transform: EvalTransform, options: EvalOptions, device: torch.device, seed: int, desc: str):
+    """Scores of every model on every image of ``sets``, loading each image once.
+
+    Returns per set: (indices into the set's samples, labels, [scores per model],
+    failures), all in the set's sample order.
+    """
+    samples, offsets = [], [0]
+    for rset in sets:
+        samples.extend(rset.samples)
+        offsets.append(len(samples))
+    dataset = TolerantImageSet(samples, transform, seed=seed, name=desc)
+    loader = DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=False,
+        num_workers=options.workers,
+        collate_fn=collate_skipping_failures,
+        pin_memory=device.type == "cuda",
+        # workers decode ahead while the model runs: the point of multi-worker loading
+        prefetch_factor=4 if options.workers > 0 else None,
+    )
+    indices, labels, failures = [], [], []
+    scores: list[list[np.ndarray]] = [[] for _ in models]
+    with torch.inference_mode():
+        for images, batch_labels, batch_indices, batch_failures in tqdm(loader, desc=desc, leave=False, disable=None if options.progress is None else not options.progress):
+            failures.extend(batch_failures)
+            if images is None:
+                continue
+            images = images.to(device, non_blocking=True)
+            for slot, model in enumerate(models):
+                logits = model(images).reshape(len(images), -1)[:, 0]
+                scores[slot].append(torch.sigmoid(logits.float()).cpu().numpy())
+            indices.append(batch_indices.numpy())
+            labels.append(batch_labels.numpy())
+    all_indices = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+    all_labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+    all_scores = [np.concatenate(s) if s else np.zeros(0) for s in scores]
+    set_of = np.searchsorted(offsets, all_indices, side="right") - 1
+    failure_set = np.searchsorted(offsets, [f.index for f in failures], side="right") - 1
+    per_set = []
+    for position, _ in enumerate(sets):
+        mask = set_of == position
+        per_set.append((
+            all_indices[mask] - offsets[position],
+            all_labels[mask],
+            [s[mask] for s in all_scores],
+            [f for f, where in zip(failures, failure_set) if where == position],
+        ))
+    return per_set
+
+
+def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | Path | None = None, options: EvalOptions = EvalOptions(), labels: Sequence[str] | None = None) -> SuiteReport:
+    """Score every checkpoint on every set of ``suite`` found under ``data_root``.
+
+    Missing or empty sets and unreadable images are reported in the result, never
+    raised: one absent generator folder must not cost the rest of the table.
+    """
+    from qmdd.training import load_detector
+
+    if not checkpoints:
+        raise EvalError("no checkpoint given")
+    labels = list(labels) if labels else checkpoint_labels(checkpoints)
+    if len(labels) != len(checkpoints):
+        raise EvalError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
+    device = _resolve_device(options.device)
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root(suite, options.progress)
+    if not root.is_dir():
+        raise EvalError(f"data root {root} does not exist")
+    resolved = resolve_suite(suite, root)
+    loaded = [load_detector(path, map_location=device) for path in checkpoints]
+    transforms = [transform_for(suite.protocol, config, options) for _, config in loaded]
+    results = [CheckpointResult(label, str(path), config.model.arch, config.quant.tag, t.key, []) for label, path, (_, config), t in zip(labels, checkpoints, loaded, transforms)]
+
+    ready = [rset for rset in resolved.sets if rset.status == OK]
+    scored: dict[tuple[int, str], tuple] = {}
+    start, images_loaded = time.perf_counter(), 0
+    # Checkpoints that share a transform share one pass over the images: decoding, not
+    # the forward pass, is what costs most on CPU.
+    groups: dict[tuple, list[int]] = {}
+    for slot, transform in enumerate(transforms):
+        groups.setdefault(transform.key, []).append(slot)
+    for slots in groups.values():
+        if not ready:
+            break
+        per_set = _score_group([loaded[s][0] for s in slots], ready, transforms[slots[0]], options, device, suite.protocol.seed, suite.name)
+        images_loaded += sum(len(r.samples) for r in ready)
+        for rset, (indices, set_labels, set_scores, failures) in zip(ready, per_set):
+            for slot, scores in zip(slots, set_scores):
+                scored[(slot, rset.name)] = (indices, set_labels, scores, failures)
+    seconds = time.perf_counter() - start
+
+    for slot, result in enumerate(results):
+        for rset in resolved.sets:
+            base = SetResult(rset.name, rset.status, rset.reason, found_real=rset.found_real, found_fake=rset.found_fake)
+            if rset.status == OK:
+                indices, set_labels, scores, failures = scored[(slot, rset.name)]
+                base.skipped = failures
+                base.paths = [str(rset.samples[i][0]) for i in indices]
+                base.labels, base.scores = set_labels, scores
+                present = set(set_labels.tolist())
+                if present != {0, 1}:
+                    base.status = UNREADABLE
+                    lost = "real" if 0 not in present else "fake"
+                    base.reason = f"every {lost} image failed to load ({len(failures)} unreadable)"
+                else:
+                    base.metrics = binary_metrics(set_labels, scores)
+                    if options.oracle:
+                        base.oracle_acc, base.oracle_threshold = best_threshold_accuracy(set_labels, scores)
+            result.sets.append(base)
+    return SuiteReport(suite, resolved, options, results, images_loaded, seconds)
+
