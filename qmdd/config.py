@@ -164,6 +164,10 @@ class ModelConfig:
             )
 
 
+#: Values of ``quant.block``: the backbone's own blocks, or Connected Quantized Blocks.
+_BLOCKS = ("plain", "cqb")
+
+
 @dataclass(frozen=True)
 class QuantConfig:
     bits: int = _help(
@@ -177,7 +181,29 @@ class QuantConfig:
     act_bits: int | None = _help(
         "Activation bits, when they differ from `bits`. None follows `bits`.", default=None
     )
-    quantizer: str = _help("Quantizer family: lsq.", default="lsq")
+    quantizer: str = _help(
+        "Quantizer family: lsq (Esser et al. 2020), n2uq (Liu et al. 2022: learned "
+        "non-uniform thresholds, uniform outputs) or slr (QMDD's shifted-log activations, "
+        "LSQ weights). See docs/method.md.",
+        default="lsq",
+    )
+    block: str = _help(
+        "Residual block form: plain (the backbone's own blocks) or cqb (Connected Quantized "
+        "Blocks: a full-precision shortcut around every quantized convolution of a ResNet "
+        "block / MobileNet inverted residual; docs/method.md). Loads plain weights.",
+        default="plain",
+    )
+    n2uq_threshold_lr_scale: float = _help(
+        "n2uq only: the thresholds learn this many times as fast as other parameters "
+        "(N2UQ's recipe: lr/10 = 0.1). Realised by the parametrisation, so it holds for "
+        "Adam without a separate parameter group.",
+        default=0.1,
+    )
+    slr_shift_init: float = _help(
+        "slr only: initial shift beta of log(1 + x/beta), as a multiple of the calibration "
+        "mean |x|. Smaller = levels denser near zero; large = close to LSQ's uniform grid.",
+        default=0.5,
+    )
     first_layer_bits: int = _help(
         "Bits of the first conv (weights and input). It sees raw pixels and dominates BOPs "
         "when low-bit, so it usually stays at 32 (or 8).",
@@ -214,6 +240,15 @@ class QuantConfig:
             )
         if self.calibration_batches < 1:
             raise ConfigError("quant.calibration_batches must be >= 1")
+        if self.block not in _BLOCKS:
+            raise ConfigError(
+                f"quant.block={self.block!r} is unknown{_suggest(self.block, _BLOCKS)}; "
+                f"choose one of {', '.join(_BLOCKS)}"
+            )
+        if not self.n2uq_threshold_lr_scale > 0:
+            raise ConfigError(f"quant.n2uq_threshold_lr_scale={self.n2uq_threshold_lr_scale} must be > 0")
+        if not self.slr_shift_init > 0:
+            raise ConfigError(f"quant.slr_shift_init={self.slr_shift_init} must be > 0")
 
     @property
     def resolved_weight_bits(self) -> int:
@@ -265,6 +300,25 @@ class TrainConfig:
     out: str | None = _help(
         "Run folder. None makes runs/<time>-<arch>-<bits>.", default=None
     )
+    init: str | None = _help(
+        "Checkpoint (e.g. a trained FP32 run's best.pt) whose float weights initialise the "
+        "model before it is quantized and calibrated: the usual recipe, train FP32 then "
+        "fine-tune low-bit. Keys must match (quantizer entries are ignored).",
+        default=None,
+    )
+    teacher: str | None = _help(
+        "Checkpoint of a frozen teacher (usually the FP32 run's best.pt) to distil from: "
+        "loss = distill_alpha * soft + (1 - distill_alpha) * BCE. None trains on BCE alone.",
+        default=None,
+    )
+    distill_alpha: float = _help(
+        "Weight of the soft (teacher) loss; 1 - alpha weighs the hard BCE on the labels.",
+        default=0.5,
+    )
+    distill_temperature: float = _help(
+        "Temperature T of the soft loss T^2 * BCE(sigmoid(z_s/T), sigmoid(z_t/T)).",
+        default=4.0,
+    )
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "early_stop_patience", "log_every"):
@@ -276,6 +330,9 @@ class TrainConfig:
             raise ConfigError(f"train.betas={list(self.betas)} must each lie in [0, 1)")
         if self.lr_decay_factor <= 1.0:
             raise ConfigError(f"train.lr_decay_factor={self.lr_decay_factor} must be > 1")
+        _check_probability("train.distill_alpha", self.distill_alpha)
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"train.distill_temperature={self.distill_temperature} must be > 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
 

@@ -7,6 +7,8 @@ Examples::
     python -m qmdd.train --config configs/cnndetection.yaml --data-root /data/CNNDetection \\
         --classes car,cat,chair,horse --bits 3
     python -m qmdd.train --resume --out runs/my-run     # continue an interrupted run
+    python -m qmdd.train --bits 2 --quantizer slr --block cqb \\
+        --init runs/fp32/best.pt --teacher runs/fp32/best.pt   # QMDD: SLR + CQB + distillation
     python -m qmdd.train --set train.weight_decay=1e-4 --set quant.first_layer_bits=8
 
 Outputs go to ``--out`` (default ``runs/<time>-<arch>-<bits>``): ``config.yaml``,
@@ -28,6 +30,9 @@ __all__ = ["main", "build_parser"]
 _SHORTCUTS = {
     "bits": "quant.bits",
     "quantizer": "quant.quantizer",
+    "block": "quant.block",
+    "teacher": "train.teacher",
+    "init": "train.init",
     "arch": "model.arch",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
@@ -54,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", help="YAML config file (see configs/); flags below override it")
     parser.add_argument("--bits", type=int, help=f"weight and activation bits, one of {list(SUPPORTED_BITS)} (32 = FP32)")
-    parser.add_argument("--quantizer", help="quantizer family (default lsq)")
+    parser.add_argument("--quantizer", help="quantizer family: lsq (default), n2uq or slr (QMDD's shifted-log activations)")
+    parser.add_argument("--block", help="residual blocks: plain (default) or cqb (Connected Quantized Blocks, a full-precision shortcut around every quantized conv)")
+    parser.add_argument("--init", metavar="CHECKPOINT", help="start from the float weights of this checkpoint (e.g. the FP32 run's best.pt), then quantize and calibrate")
+    parser.add_argument("--teacher", metavar="CHECKPOINT", help="distil from this frozen teacher (e.g. the FP32 run's best.pt); see train.distill_alpha, train.distill_temperature")
     parser.add_argument("--arch", help="backbone, e.g. resnet18, resnet50, mobilenet_v2 (see --list-models)")
     parser.add_argument("--epochs", type=int, help="maximum epochs")
     parser.add_argument("--batch-size", type=int, help="images per step")

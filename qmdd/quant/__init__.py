@@ -13,7 +13,9 @@ Typical use::
 from qmdd.quant._base import FullPrecision, NotCalibratedError, Quantizer
 from qmdd.quant._layers import QUANTIZED_LAYERS, QConv2d, QLinear
 from qmdd.quant._lsq import LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant, signed_range, unsigned_range
-from qmdd.quant._registry import QuantizerFamily, get_quantizer, list_quantizers, register_quantizer
+from qmdd.quant._n2uq import N2UQActivationQuantizer, N2UQWeightQuantizer, n2uq_fake_quant, n2uq_thresholds
+from qmdd.quant._registry import QuantizerFamily, configure_quantizers, get_quantizer, list_quantizers, register_quantizer
+from qmdd.quant._slr import SLRActivationQuantizer, slr_fake_quant, slr_levels
 from qmdd.quant._transform import LayerPrecision, calibrate, is_quantized, plan_precision, quantize, quantized_layers
 
 __all__ = [
@@ -28,7 +30,15 @@ __all__ = [
     "lsq_fake_quant",
     "signed_range",
     "unsigned_range",
+    "N2UQActivationQuantizer",
+    "N2UQWeightQuantizer",
+    "n2uq_fake_quant",
+    "n2uq_thresholds",
+    "SLRActivationQuantizer",
+    "slr_fake_quant",
+    "slr_levels",
     "QuantizerFamily",
+    "configure_quantizers",
     "register_quantizer",
     "get_quantizer",
     "list_quantizers",

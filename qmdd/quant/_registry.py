@@ -9,8 +9,10 @@ import torch
 
 from qmdd.quant._base import Quantizer
 from qmdd.quant._lsq import LSQActivationQuantizer, LSQWeightQuantizer
+from qmdd.quant._n2uq import N2UQActivationQuantizer, N2UQWeightQuantizer
+from qmdd.quant._slr import SLRActivationQuantizer
 
-__all__ = ["QuantizerFamily", "register_quantizer", "get_quantizer", "list_quantizers"]
+__all__ = ["QuantizerFamily", "register_quantizer", "get_quantizer", "list_quantizers", "configure_quantizers"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +61,35 @@ register_quantizer(
         source="Esser et al., Learned Step Size Quantization, ICLR 2020",
     )
 )
+
+register_quantizer(
+    QuantizerFamily(
+        name="n2uq",
+        weight=N2UQWeightQuantizer,
+        activation=N2UQActivationQuantizer,
+        source="Liu et al., Nonuniform-to-Uniform Quantization (N2UQ), CVPR 2022",
+    )
+)
+
+register_quantizer(
+    QuantizerFamily(
+        name="slr",
+        weight=LSQWeightQuantizer,  # SLR reshapes activations; weights stay on LSQ's grid
+        activation=SLRActivationQuantizer,
+        source="Tao et al., Unlocking the Potential of Lightweight Quantized Models for "
+        "Deepfake Detection (QMDD), IJCAI 2025; log-domain step learned as in LSQ",
+    )
+)
+
+
+def configure_quantizers(model: torch.nn.Module, config) -> int:
+    """Hand the family options of a ``QuantConfig`` (e.g. ``n2uq_threshold_lr_scale``) to
+    every quantizer of ``model`` that takes options; call after ``quantize`` and before
+    ``calibrate`` or loading a state dict. Returns the number of quantizers configured.
+    """
+    configured = 0
+    for module in model.modules():
+        if isinstance(module, Quantizer) and hasattr(module, "configure"):
+            module.configure(config)
+            configured += 1
+    return configured

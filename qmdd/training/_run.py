@@ -112,6 +112,33 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _init_state(config: RunConfig) -> dict[str, Any] | None:
+    """Float weights from ``train.init``, checked against the float model (not on resume)."""
+    if config.train.init is None:
+        return None
+    from qmdd.config import FULL_PRECISION
+    from qmdd.training._distill import init_state_dict
+
+    float_config = replace(config, quant=replace(config.quant, bits=FULL_PRECISION, weight_bits=None, act_bits=None, first_layer_bits=FULL_PRECISION, last_layer_bits=FULL_PRECISION), model=replace(config.model, pretrained=False))
+    shapes = {k: v.shape for k, v in build_detector(float_config).state_dict().items()}
+    try:
+        return init_state_dict(config.train.init, config.model.arch, shapes)
+    except ValueError as error:
+        raise RunError(str(error)) from None
+
+
+def _with_teacher(config: RunConfig, loss_fn: LossFn, device: torch.device) -> LossFn:
+    """Wrap the loss in distillation from ``train.teacher`` (reloaded on resume too)."""
+    if config.train.teacher is None:
+        return loss_fn
+    if loss_fn is not bce_loss:
+        raise RunError("train.teacher replaces the BCE loss; it cannot be combined with a custom loss_fn")
+    from qmdd.training._distill import DistillationLoss, load_teacher
+
+    teacher = load_teacher(config.train.teacher, device)
+    return DistillationLoss(teacher, config.train.distill_alpha, config.train.distill_temperature)
+
+
 def run(
     config: RunConfig,
     *,
@@ -140,7 +167,8 @@ def run(
     seed_everything(config.train.seed)
     device = resolve_device(config.train.device)
     data = build_training_data(config.data, seed=config.train.seed)
-    model = build_detector(config).to(device)
+    model = build_detector(config, init_state=_init_state(config) if payload is None else None).to(device)
+    loss_fn = _with_teacher(config, loss_fn, device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.train.lr, betas=config.train.betas, weight_decay=config.train.weight_decay
     )

@@ -66,14 +66,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
-def build_detector(config: RunConfig) -> nn.Module:
-    """The backbone named in ``config``, quantized as ``config.quant`` says (uncalibrated)."""
-    from qmdd.models import create_model
-    from qmdd.quant import quantize
+def build_detector(config: RunConfig, init_state: dict[str, Any] | None = None) -> nn.Module:
+    """The backbone named in ``config``, quantized as ``config.quant`` says (uncalibrated).
+
+    ``init_state``: float weights (e.g. a trained FP32 run's, see ``train.init``) loaded
+    strictly into the float model before it is quantized.
+    """
+    from qmdd.models import connect_blocks, create_model
+    from qmdd.quant import configure_quantizers, quantize
 
     model = create_model(config.model.arch, pretrained=config.model.pretrained)
+    if config.quant.block == "cqb":
+        # Before quantize: CQB keeps its shortcut convs out of quantize's swap table.
+        connect_blocks(model)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     if config.quant.enabled:
         quantize(model, config.quant)
+        configure_quantizers(model, config.quant)
     return model
 
 
