@@ -1,0 +1,153 @@
+"""Cost table and CPU inference benchmark: FP32 vs W3A3 vs W2A2, ResNet-50 and MobileNetV2.
+
+One run measures, per architecture and bit width, at 224 px:
+- counted params, MACs, BOPs, OPs and OPs ratio, counted storage (qmdd.cost);
+- the measured size of the QMDD packed file (.qmdd) against the FP32 ``state_dict`` file;
+- CPU latency of FP32 eager PyTorch and of the int8 deployment (qmdd.deploy.to_int8) at
+  batch 1 and 32, and the speedup;
+- the agreement of the int8 model with the fake-quant model (share of equal labels at 0.5,
+  maximum probability difference) on crops of qmdd's shipped photos.
+
+Models are untrained (speed does not depend on the weights); for agreement they are
+calibrated on shipped photos and their BatchNorm statistics re-estimated on them, so their
+activations are not degenerate.
+
+    python benchmarks/cpu_inference.py --json docs/cpu_inference.json
+    python benchmarks/cpu_inference.py --archs resnet50 --bits 2 --reps 2     # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+from qmdd.config import load_config
+from qmdd.cost import cost_summary
+from qmdd.deploy import calibration_images, save_packed, to_int8
+from qmdd.models import create_model
+from qmdd.quant import calibrate
+from qmdd.training import build_detector
+
+
+def reestimate_batchnorm(model: nn.Module, batches) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the batches
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    model.eval()
+
+
+def interleaved_latency(engines: dict[str, nn.Module], batch: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Best-of-``rounds`` seconds per forward pass for each engine, timed in alternation.
+
+    The machine is shared: timing the engines in turn, round after round, exposes them to
+    the same background load, so their ratio is fairer than timing one after the other.
+    """
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    with torch.inference_mode():
+        for engine in engines.values():
+            engine(batch)  # warm-up
+        for _ in range(rounds):
+            for name, engine in engines.items():
+                start = time.perf_counter()
+                engine(batch)
+                times[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in times.items()}
+
+
+def file_bytes(write) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model")
+        write(path)
+        return os.path.getsize(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="resnet50,mobilenet_v2")
+    parser.add_argument("--bits", default="32,3,2")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=5, help="timed rounds at batch 32 (4x at batch 1); best of")
+    parser.add_argument("--agreement-images", type=int, default=64)
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for arch in args.archs.split(","):
+        fp32_model = create_model(arch).eval()
+        fp32_file = file_bytes(lambda p: torch.save(fp32_model.state_dict(), p))
+        engines: dict[str, nn.Module] = {}
+        arch_rows: dict[str, dict] = {}
+        for bits in [int(b) for b in args.bits.split(",")]:
+            config = load_config(None, [f"model.arch={arch}", f"quant.bits={bits}", f"data.crop_size={args.size}"])
+            row = {"arch": arch, "quant": config.quant.tag}
+            if bits == 32:
+                model = fp32_model
+                row["file_bytes"] = fp32_file
+            else:
+                model = build_detector(config)
+                calib = calibration_images(config.data, count=16)
+                calibrate(model, calib[:1])
+                reestimate_batchnorm(model, calib)
+                calibrate(model, calib[:1])
+                model.eval()
+                row["file_bytes"] = file_bytes(lambda p: save_packed(p, model, config))
+            row.update({k: v for k, v in cost_summary(model, args.size).items() if k != "convention"})
+            row["file_ratio"] = fp32_file / row["file_bytes"]
+            engines[row["quant"]] = model if bits == 32 else to_int8(model, calib)
+            if bits < 32:
+                images = torch.cat(calibration_images(config.data, count=args.agreement_images, batch_size=32, seed=1))
+                with torch.inference_mode():
+                    fake = torch.cat([torch.sigmoid(model(chunk)) for chunk in images.split(32)]).reshape(-1)
+                    fast = torch.cat([torch.sigmoid(engines[row["quant"]](chunk)) for chunk in images.split(32)]).reshape(-1)
+                row["equal_labels"] = float(((fake > 0.5) == (fast > 0.5)).float().mean())
+                row["max_prob_diff"] = float((fake - fast).abs().max())
+                row["fake_quant_prob_range"] = [float(fake.min()), float(fake.max())]
+                row["agreement_images"] = len(images)
+            arch_rows[row["quant"]] = row
+        for batch_size in (1, 32):
+            batch = torch.randn(batch_size, 3, args.size, args.size)
+            rounds = args.reps if batch_size > 1 else 4 * args.reps
+            seconds = interleaved_latency(engines, batch, rounds)
+            for tag, row in arch_rows.items():
+                row[f"latency_ms_b{batch_size}"] = 1000 * seconds[tag]
+                row[f"speedup_b{batch_size}"] = seconds["fp32"] / seconds[tag] if "fp32" in seconds else float("nan")
+        for row in arch_rows.values():
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del engines
+    result = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__, "engine": "x86"},
+        "input_size": args.size,
+        "rows": rows,
+    }
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    print()
+    print("| model | params | MACs | BOPs | OPs | OPs ratio | storage (counted) | ratio | file | ratio | latency b1 / b32 | speedup b1 / b32 | equal labels | max dp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        agree = f"{100 * r['equal_labels']:.1f}% | {r['max_prob_diff']:.3f}" if "equal_labels" in r else "- | -"
+        print(
+            f"| {r['arch']} {r['quant']} | {r['params'] / 1e6:.2f}M | {r['macs'] / 1e9:.2f}G | {r['bops'] / 1e9:.2f}G | "
+            f"{r['ops'] / 1e9:.3f}G | {r['ops_ratio']:.2f}x | {r['storage_bytes'] / 1e6:.2f} MB | "
+            f"{r['fp32_storage_bits'] / r['storage_bits']:.2f}x | {r['file_bytes'] / 1e6:.2f} MB | {r['file_ratio']:.2f}x | "
+            f"{r['latency_ms_b1']:.0f} / {r['latency_ms_b32']:.0f} ms | {r['speedup_b1']:.2f}x / {r['speedup_b32']:.2f}x | {agree} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""Deployment: the QMDD packed model file (``.qmdd``) and fast int8 CPU inference.
+
+>>> from qmdd.deploy import save_packed, load_packed
+>>> save_packed("model.qmdd", model, config)      # low-bit weights as packed integers
+>>> model, config = load_packed("model.qmdd")     # the same fake-quant detector back
+>>> fast = to_int8(model, calibration_images(config.data))   # int8 x86 CPU model
+"""
+
+from qmdd.deploy._format import (
+    FILE_SUFFIX,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MAGIC,
+    PackedFormatError,
+    PackedStats,
+    load_packed,
+    pack_codes,
+    read_packed,
+    save_packed,
+    unpack_codes,
+)
+from qmdd.deploy._int8 import Int8ConversionError, Int8LSQInput, LSQInput, calibration_images, lowbit_float_model, to_int8
+
+__all__ = [
+    "FILE_SUFFIX",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "PackedFormatError",
+    "PackedStats",
+    "load_packed",
+    "pack_codes",
+    "read_packed",
+    "save_packed",
+    "unpack_codes",
+    "Int8ConversionError",
+    "Int8LSQInput",
+    "LSQInput",
+    "calibration_images",
+    "lowbit_float_model",
+    "to_int8",
+]

@@ -1,0 +1,419 @@
+"""The QMDD packed model format (``.qmdd``): low-bit weights as packed integers.
+
+A ``.qmdd`` file holds a whole detector: its resolved run config (so
+:func:`qmdd.training.build_detector` rebuilds the architecture) and every tensor of its state
+dict, with the quantized conv/linear weights stored as b-bit integer codes (2 bits -> 4 codes
+per byte, 3 bits -> exactly 3 bits per code in a bitstream) next to their per-channel steps.
+Everything else (first/last layers, BatchNorm, biases, steps) is raw little-endian float32.
+Sparse tensors (e.g. after pruning) use a bitmap plus the non-zero values when that is
+smaller. The byte layout is documented in ``docs/deployment.md``.
+
+It is safe to read from an untrusted source: no pickle, a magic number and a format version,
+a length-prefixed JSON header with a CRC32, and every header field is checked against the
+file (sizes, offsets, encodings, shapes, element counts) before anything is allocated.
+Corrupt or truncated files raise :class:`PackedFormatError` naming the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import qmdd
+from qmdd.config import FULL_PRECISION, ConfigError, RunConfig, config_from_dict, config_to_dict
+from qmdd.quant import LSQWeightQuantizer, quantized_layers
+from qmdd.quant._lsq import _MIN_STEP  # the step floor LSQ's forward applies; decoding must match
+from qmdd.utils import atomic_write
+
+__all__ = [
+    "FORMAT_NAME",
+    "FILE_SUFFIX",
+    "MAGIC",
+    "FORMAT_VERSION",
+    "PackedFormatError",
+    "PackedStats",
+    "save_packed",
+    "load_packed",
+    "read_packed",
+    "pack_codes",
+    "unpack_codes",
+]
+
+FORMAT_NAME = "QMDD packed model"
+FILE_SUFFIX = ".qmdd"
+#: PNG-style magic: a non-ASCII first byte, then CR LF, ^Z, LF, so text-mode transfers and
+#: ``type``/``cat`` mishaps are detected.
+MAGIC = b"\x89QMDD\r\n\x1a\n"
+FORMAT_VERSION = 1
+_HEADER_FORMAT = "qmdd-packed-model"
+# Fixed prefix after the magic: format version (uint16), header length (uint32),
+# header CRC32 (uint32), all little-endian.
+_PREFIX = struct.Struct("<HII")
+PREFIX_BYTES = len(MAGIC) + _PREFIX.size
+
+# Limits that bound what a hostile header can make the reader do.
+_MAX_HEADER_BYTES = 16 * 2**20  # a ResNet-50 header is ~60 kB
+_MAX_TENSORS = 100_000
+_MAX_DIMS = 8
+_MAX_ELEMENTS = 2**31
+_MAX_NAME_CHARS = 1_000
+
+# encoding -> bytes per element for the raw encodings.
+_RAW = {"float32": 4, "int64": 8, "bool": 1}
+# encoding -> (stored little-endian numpy dtype, native numpy dtype)
+_RAW_DTYPES = {"float32": ("<f4", np.float32), "int64": ("<i8", np.int64), "bool": ("u1", np.uint8)}
+_ENCODINGS = {*_RAW, "float32_sparse", "lsq_codes", "lsq_codes_sparse", "bitmask"}
+
+
+class PackedFormatError(ValueError):
+    """A file is not a valid QMDD packed model (wrong magic, corrupt, truncated...)."""
+
+
+@dataclass(frozen=True)
+class PackedStats:
+    """What an export wrote: total bytes and bytes per encoding."""
+
+    path: Path
+    file_bytes: int
+    header_bytes: int
+    bytes_by_encoding: dict[str, int]
+
+
+# ------------------------------------------------------------------------- bit packing
+
+
+def pack_codes(values: np.ndarray, bits: int) -> bytes:
+    """Pack unsigned integers < 2**bits into a little-endian bitstream, ``bits`` per value.
+
+    Value i occupies bits [i*bits, (i+1)*bits) of the stream, least significant bit first;
+    the last byte is zero-padded. 2-bit codes are 4 per byte, 3-bit codes 8 per 3 bytes.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    flat = np.ascontiguousarray(values, dtype=np.uint8).ravel()
+    if flat.size and int(flat.max()) >= 2**bits:
+        raise ValueError(f"a value does not fit in {bits} bits")
+    planes = (flat[:, None] >> np.arange(bits, dtype=np.uint8)) & 1
+    return np.packbits(planes.ravel(), bitorder="little").tobytes()
+
+
+def unpack_codes(data: bytes, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: ``count`` unsigned values as ``uint8``."""
+    if len(data) != _packed_bytes(count, bits):
+        raise ValueError(f"{count} codes of {bits} bits need {_packed_bytes(count, bits)} bytes, got {len(data)}")
+    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
+    weights = (1 << np.arange(bits, dtype=np.uint16)).astype(np.uint16)
+    return (planes.reshape(count, bits).astype(np.uint16) @ weights).astype(np.uint8)
+
+
+def _packed_bytes(count: int, bits: int) -> int:
+    return (count * bits + 7) // 8
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def _lsq_weight_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """state-dict weight key -> (step key, layer) for layers whose weights export as codes."""
+    result = {}
+    for name, layer in quantized_layers(model):
+        # Only LSQ's grid is code * step with a stored step; other families (N2UQ derives its
+        # scale from the weight at every forward) keep float32 weights, which stay exact.
+        if layer.weight_bits >= FULL_PRECISION or not isinstance(layer.weight_quantizer, LSQWeightQuantizer):
+            continue
+        prefix = f"{name}." if name else ""
+        weight_key = prefix + ("weight_orig" if hasattr(layer, "weight_orig") else "weight")
+        result[weight_key] = (prefix + "weight_quantizer.step", layer)
+    return result
+
+
+def _encode_lsq(layer: nn.Module, step_key: str) -> tuple[dict[str, Any], bytes]:
+    bits = layer.weight_bits
+    with torch.no_grad():
+        # layer.weight is the masked weight under torch.nn.utils.prune: pruned codes are 0.
+        codes = layer.weight_quantizer.integer_codes(layer.weight.detach()).cpu().to(torch.int64).numpy()
+    offset = 2 ** (bits - 1)  # signed codes [-2^(b-1), 2^(b-1)-1] stored as code + 2^(b-1)
+    unsigned = (codes + offset).astype(np.uint8).ravel()
+    entry: dict[str, Any] = {"bits": bits, "step": step_key}
+    dense = pack_codes(unsigned, bits)
+    nonzero = codes.ravel() != 0
+    count = int(nonzero.sum())
+    if _packed_bytes(codes.size, 1) + _packed_bytes(count, bits) < len(dense):
+        entry.update(encoding="lsq_codes_sparse", nonzero=count)
+        return entry, np.packbits(nonzero, bitorder="little").tobytes() + pack_codes(unsigned[nonzero], bits)
+    entry["encoding"] = "lsq_codes"
+    return entry, dense
+
+
+def _encode_tensor(key: str, tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
+    tensor = tensor.detach().cpu()
+    if key.endswith("_mask") and tensor.is_floating_point() and bool(((tensor == 0) | (tensor == 1)).all()):
+        # A pruning mask: one bit per element.
+        return {"encoding": "bitmask"}, np.packbits(tensor.numpy().ravel() != 0, bitorder="little").tobytes()
+    if tensor.is_floating_point():
+        values = tensor.to(torch.float32).numpy().ravel()
+        nonzero = values != 0
+        count = int(nonzero.sum())
+        if _packed_bytes(values.size, 1) + 4 * count < 4 * values.size:
+            payload = np.packbits(nonzero, bitorder="little").tobytes() + values[nonzero].astype("<f4").tobytes()
+            return {"encoding": "float32_sparse", "nonzero": count}, payload
+        return {"encoding": "float32"}, values.astype("<f4").tobytes()
+    if tensor.dtype == torch.int64:
+        return {"encoding": "int64"}, tensor.numpy().astype("<i8").tobytes()
+    if tensor.dtype == torch.bool:
+        return {"encoding": "bool"}, tensor.numpy().astype(np.uint8).tobytes()
+    raise PackedFormatError(f"cannot export tensor {key!r} of dtype {tensor.dtype}: supported are float, int64, bool")
+
+
+def save_packed(path: str | Path, model: nn.Module, config: RunConfig) -> PackedStats:
+    """Write ``model`` (built from ``config`` and calibrated) as a QMDD packed model, atomically.
+
+    The quantized weights are stored as their integer codes; loading gives weights equal to
+    ``code * step``, so the loaded model's outputs equal the fake-quant model's exactly.
+    """
+    from qmdd.quant import Quantizer
+
+    uncalibrated = [name for name, m in model.named_modules() if isinstance(m, Quantizer) and not m.calibrated]
+    if uncalibrated:
+        raise PackedFormatError(
+            f"cannot export an uncalibrated model ({uncalibrated[0]} and {len(uncalibrated) - 1} more): "
+            "calibrate or train it first"
+        )
+    lsq = _lsq_weight_layers(model)
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    by_encoding: dict[str, int] = {}
+    state = model.state_dict()
+    for key, tensor in state.items():
+        mask = state.get(key[: -len("weight_orig")] + "weight_mask") if key.endswith("weight_orig") else None
+        if mask is not None:
+            # Pruned values never reach the output: store them as zeros, which the sparse
+            # encodings then skip.
+            tensor = tensor * mask
+        if key in lsq:
+            entry, payload = _encode_lsq(lsq[key][1], lsq[key][0])
+        else:
+            entry, payload = _encode_tensor(key, tensor)
+        entry.update(name=key, shape=list(tensor.shape), offset=offset, length=len(payload))
+        entries.append(entry)
+        chunks.append(payload)
+        offset += len(payload)
+        by_encoding[entry["encoding"]] = by_encoding.get(entry["encoding"], 0) + len(payload)
+    data = b"".join(chunks)
+    header = {
+        "format": _HEADER_FORMAT,
+        "qmdd_version": qmdd.__version__,
+        "config": config_to_dict(config),
+        "data_bytes": len(data),
+        "data_crc32": zlib.crc32(data),
+        "tensors": entries,
+    }
+    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    prefix = MAGIC + _PREFIX.pack(FORMAT_VERSION, len(header_bytes), zlib.crc32(header_bytes))
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            handle.write(prefix)
+            handle.write(header_bytes)
+            handle.write(data)
+
+    atomic_write(path, write)
+    return PackedStats(Path(path), len(prefix) + len(header_bytes) + len(data), len(header_bytes), by_encoding)
+
+
+# ------------------------------------------------------------------------------- load
+
+
+def _fail(path: Path, message: str) -> PackedFormatError:
+    return PackedFormatError(f"{path}: {message}")
+
+
+def _expect_int(path: Path, where: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(path, f"{where} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _expected_length(path: Path, entry: dict[str, Any], elements: int) -> int:
+    encoding = entry["encoding"]
+    name = entry["name"]
+    if encoding in _RAW:
+        return elements * _RAW[encoding]
+    if encoding == "bitmask":
+        return _packed_bytes(elements, 1)
+    if encoding in ("lsq_codes", "lsq_codes_sparse"):
+        bits = _expect_int(path, f"tensor {name!r} bits", entry.get("bits"), 1, 8)
+        if encoding == "lsq_codes":
+            return _packed_bytes(elements, bits)
+        nonzero = _expect_int(path, f"tensor {name!r} nonzero", entry.get("nonzero"), 0, elements)
+        return _packed_bytes(elements, 1) + _packed_bytes(nonzero, bits)
+    nonzero = _expect_int(path, f"tensor {name!r} nonzero", entry.get("nonzero"), 0, elements)
+    return _packed_bytes(elements, 1) + 4 * nonzero  # float32_sparse
+
+
+def _check_entries(path: Path, tensors: Any, data_bytes: int) -> list[dict[str, Any]]:
+    if not isinstance(tensors, list) or len(tensors) > _MAX_TENSORS:
+        raise _fail(path, f"header 'tensors' must be a list of at most {_MAX_TENSORS} entries")
+    names: set[str] = set()
+    spans = []
+    for index, entry in enumerate(tensors):
+        if not isinstance(entry, dict):
+            raise _fail(path, f"tensor entry {index} is not an object")
+        name = entry.get("name")
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME_CHARS:
+            raise _fail(path, f"tensor entry {index} has no valid name")
+        if name in names:
+            raise _fail(path, f"tensor {name!r} appears twice")
+        names.add(name)
+        if entry.get("encoding") not in _ENCODINGS:
+            raise _fail(path, f"tensor {name!r} has unknown encoding {entry.get('encoding')!r}; known: {sorted(_ENCODINGS)}")
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or len(shape) > _MAX_DIMS:
+            raise _fail(path, f"tensor {name!r} shape must be a list of at most {_MAX_DIMS} sizes")
+        for axis, size in enumerate(shape):
+            _expect_int(path, f"tensor {name!r} shape[{axis}]", size, 0, _MAX_ELEMENTS)
+        elements = math.prod(shape)
+        if elements > _MAX_ELEMENTS:
+            raise _fail(path, f"tensor {name!r} has {elements} elements, more than {_MAX_ELEMENTS}")
+        offset = _expect_int(path, f"tensor {name!r} offset", entry.get("offset"), 0, data_bytes)
+        length = _expect_int(path, f"tensor {name!r} length", entry.get("length"), 0, data_bytes - offset)
+        expected = _expected_length(path, entry, elements)
+        if length != expected:
+            raise _fail(path, f"tensor {name!r}: shape {shape} with encoding {entry['encoding']} needs {expected} bytes, header says {length}")
+        spans.append((offset, length, name))
+    spans.sort()
+    end = 0
+    for offset, length, name in spans:
+        if offset < end:
+            raise _fail(path, f"tensor {name!r} overlaps the previous tensor's bytes")
+        end = offset + length
+    for entry in tensors:
+        if entry["encoding"].startswith("lsq_codes"):
+            step = next((e for e in tensors if e["name"] == entry.get("step")), None) if isinstance(entry.get("step"), str) else None
+            if step is None or step["encoding"] != "float32" or len(entry["shape"]) < 1 or step["shape"] != [entry["shape"][0]]:
+                raise _fail(path, f"tensor {entry['name']!r} needs a float32 step tensor of shape [{entry['shape'][0] if entry['shape'] else '?'}], got {entry.get('step')!r}")
+    return tensors
+
+
+def _bitmap(path: Path, name: str, payload: bytes, elements: int, expected_ones: int | None) -> np.ndarray:
+    flags = np.unpackbits(np.frombuffer(payload, dtype=np.uint8), count=elements, bitorder="little").astype(bool)
+    if expected_ones is not None and int(flags.sum()) != expected_ones:
+        raise _fail(path, f"tensor {name!r}: bitmap has {int(flags.sum())} set bits, header says {expected_ones}")
+    return flags
+
+
+def _decode(path: Path, entry: dict[str, Any], data: memoryview, decoded: dict[str, torch.Tensor]) -> torch.Tensor:
+    name, encoding, shape = entry["name"], entry["encoding"], entry["shape"]
+    payload = bytes(data[entry["offset"] : entry["offset"] + entry["length"]])
+    elements = math.prod(shape)
+    if encoding in _RAW:
+        stored_dtype, native_dtype = _RAW_DTYPES[encoding]
+        tensor = torch.from_numpy(np.frombuffer(payload, dtype=stored_dtype).astype(native_dtype))
+        return (tensor != 0 if encoding == "bool" else tensor).reshape(shape)
+    if encoding == "bitmask":
+        return torch.from_numpy(_bitmap(path, name, payload, elements, None).astype(np.float32)).reshape(shape)
+    if encoding == "float32_sparse":
+        nonzero = entry["nonzero"]
+        flags = _bitmap(path, name, payload[: _packed_bytes(elements, 1)], elements, nonzero)
+        values = np.zeros(elements, dtype=np.float32)
+        values[flags] = np.frombuffer(payload[_packed_bytes(elements, 1) :], dtype="<f4")
+        return torch.from_numpy(values).reshape(shape)
+    bits = entry["bits"]
+    offset = 2 ** (bits - 1)
+    if encoding == "lsq_codes":
+        unsigned = unpack_codes(payload, bits, elements)
+    else:
+        nonzero = entry["nonzero"]
+        flags = _bitmap(path, name, payload[: _packed_bytes(elements, 1)], elements, nonzero)
+        unsigned = np.full(elements, offset, dtype=np.uint8)  # code 0
+        unsigned[flags] = unpack_codes(payload[_packed_bytes(elements, 1) :], bits, nonzero)
+    codes = torch.from_numpy(unsigned.astype(np.float32) - offset).reshape(shape)
+    step = decoded[entry["step"]].clamp_min(_MIN_STEP).view(-1, *([1] * (len(shape) - 1)))
+    # The same product the fake quantizer computes, so re-quantizing gives the same codes.
+    return codes * step
+
+
+def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """Validate and decode a ``.qmdd`` file: ``(config, state_dict, header)``.
+
+    Quantized weights come back as ``code * step`` floats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PackedFormatError(f"{path} does not exist")
+    blob = path.read_bytes()
+    if len(blob) < PREFIX_BYTES:
+        raise _fail(path, f"truncated: {len(blob)} bytes, shorter than the {PREFIX_BYTES}-byte prefix of a {FORMAT_NAME}")
+    if blob[: len(MAGIC)] != MAGIC:
+        raise _fail(path, f"not a {FORMAT_NAME} (wrong magic bytes {blob[:len(MAGIC)]!r})")
+    version, header_length, header_crc = _PREFIX.unpack_from(blob, len(MAGIC))
+    if version != FORMAT_VERSION:
+        newer = " (newer than this qmdd reads: upgrade qmdd)" if version > FORMAT_VERSION else ""
+        raise _fail(path, f"format version {version} is not supported{newer}; this qmdd reads version {FORMAT_VERSION}")
+    if header_length > _MAX_HEADER_BYTES:
+        raise _fail(path, f"header length {header_length} exceeds the {_MAX_HEADER_BYTES}-byte limit")
+    if PREFIX_BYTES + header_length > len(blob):
+        raise _fail(path, f"truncated: header needs {header_length} bytes, only {len(blob) - PREFIX_BYTES} present")
+    header_raw = blob[PREFIX_BYTES : PREFIX_BYTES + header_length]
+    if zlib.crc32(header_raw) != header_crc:
+        raise _fail(path, "header checksum mismatch: the file is corrupt")
+    try:
+        header = json.loads(header_raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _fail(path, f"header is not valid JSON: {error}") from None
+    if not isinstance(header, dict) or header.get("format") != _HEADER_FORMAT:
+        raise _fail(path, f"header does not describe a {FORMAT_NAME}")
+    data = memoryview(blob)[PREFIX_BYTES + header_length :]
+    data_bytes = _expect_int(path, "header data_bytes", header.get("data_bytes"), 0, 2**63)
+    if data_bytes != len(data):
+        state = "truncated" if data_bytes > len(data) else "has trailing bytes"
+        raise _fail(path, f"{state}: the header announces {data_bytes} data bytes, the file holds {len(data)}")
+    if zlib.crc32(data) != header.get("data_crc32"):
+        raise _fail(path, "data checksum mismatch: the file is corrupt")
+    entries = _check_entries(path, header.get("tensors"), data_bytes)
+    try:
+        config = config_from_dict(header.get("config"))
+    except ConfigError as error:
+        raise _fail(path, f"invalid config in header: {error}") from None
+    decoded: dict[str, torch.Tensor] = {}
+    # Steps first: the code tensors refer to them.
+    for entry in sorted(entries, key=lambda e: e["encoding"].startswith("lsq_codes")):
+        decoded[entry["name"]] = _decode(path, entry, data, decoded)
+    state = {entry["name"]: decoded[entry["name"]] for entry in entries}
+    return config, state, header
+
+
+def load_packed(path: str | Path) -> tuple[nn.Module, RunConfig]:
+    """Rebuild the detector stored in a ``.qmdd`` file, in eval mode, with its config."""
+    from torch.nn.utils import prune
+
+    from qmdd.training import build_detector
+
+    path = Path(path)
+    config, state, _ = read_packed(path)
+    model = build_detector(replace(config, model=replace(config.model, pretrained=False)))
+    # Pruned layers (torch.nn.utils.prune) store weight_orig + weight_mask: re-attach the masks.
+    for key, mask in state.items():
+        if key.endswith(".weight_mask") and key[: -len("weight_mask")] + "weight_orig" in state:
+            module_name = key[: -len(".weight_mask")]
+            try:
+                prune.custom_from_mask(model.get_submodule(module_name), "weight", mask)
+            except (AttributeError, RuntimeError) as error:
+                raise _fail(path, f"mask {key!r} does not fit the architecture: {error}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise _fail(path, f"tensors do not match the {config.model.arch} architecture: {error}") from None
+    model.eval()
+    return model, config
+

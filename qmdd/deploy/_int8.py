@@ -1,0 +1,359 @@
+"""Fast CPU inference: a fake-quant LSQ detector as a real int8 model (PyTorch x86 backend).
+
+2- and 3-bit LSQ values fit int8 exactly (reference.md §7), so the conversion chooses the
+int8 parameters that reproduce the low-bit grids instead of fitting new ones:
+
+* **weights**: the int8 weight *is* the LSQ code (in [-2^(b-1), 2^(b-1)-1]); its
+  per-channel int8 scale is the LSQ step times the folded BatchNorm factor gamma/sigma
+  (BatchNorm is folded into the conv by FX, and the scale is read back from the folded
+  weight and the known codes, so the int8 weight equals the code exactly);
+* **layer inputs**: each low-bit layer's LSQ input quantizer becomes an explicit module
+  (:class:`LSQInput`: clip, round to the step) whose int8 output observer is fixed to the
+  LSQ step and zero point (0 for unsigned grids, 128 for signed ones), so the conv reads
+  exactly the LSQ codes;
+* **everything else** (tensors between a layer's output and a residual addition, the
+  additions, pooling) is ordinary 8-bit, its ranges calibrated on sample images with
+  min/max observers (no clipping of the residual stream); full-precision layers (by
+  default the first conv and the classifier) stay in float32.
+
+The one approximation is that 8-bit residual stream, which the fake-quant model keeps in
+float: a value within half an 8-bit step of an LSQ rounding boundary may land on the
+neighbouring code. Elsewhere the int8 model carries exactly the LSQ codes (see
+:class:`Int8LSQInput` for how the producers' scales are chosen).
+``benchmarks/cpu_inference.py`` measures the resulting agreement with the fake-quant model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.ao.quantization import QConfig, QConfigMapping
+from torch.ao.quantization.backend_config import BackendPatternConfig, DTypeConfig, ObservationType, get_native_backend_config
+from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
+from torch.ao.quantization.observer import FixedQParamsObserver, MinMaxObserver, ObserverBase
+from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+from qmdd.config import FULL_PRECISION
+from qmdd.quant import LSQActivationQuantizer, LSQWeightQuantizer, QConv2d, QLinear, Quantizer, quantized_layers
+
+__all__ = ["LSQInput", "Int8LSQInput", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images"]
+
+#: The x86 backend's activation dtype is unsigned 8-bit; signed LSQ grids sit around 128.
+_SIGNED_ZERO_POINT = 128
+
+
+class Int8ConversionError(ValueError):
+    """A model cannot be converted to int8 (e.g. an unsupported quantizer family)."""
+
+
+class LSQInput(nn.Module):
+    """An LSQ input quantizer made explicit: ``round(clip(x / step, qmin, qmax)) * step``.
+
+    In float this is exactly the fake quantizer. In the int8 graph its output observer is
+    fixed to ``(step, zero_point)``, so the quantize op FX emits after it produces the LSQ
+    codes themselves.
+    """
+
+    def __init__(self, step: float, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.step, self.qmin, self.qmax = step, qmin, qmax
+        self.zero_point = _SIGNED_ZERO_POINT if qmin < 0 else 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(torch.round(x / self.step), self.qmin, self.qmax) * self.step
+
+    def extra_repr(self) -> str:
+        return f"step={self.step:.6g}, range=[{self.qmin}, {self.qmax}]"
+
+
+class _CodeWeightObserver(ObserverBase):
+    """Per-channel int8 weight qparams that map a known integer code tensor exactly.
+
+    FX hands this observer the conv weight after BatchNorm folding, ``codes * s_f`` per
+    output channel; the least-squares ratio recovers ``s_f`` to float precision, so the int8
+    weight becomes the code (negated where gamma < 0, since scales must be positive).
+    """
+
+    def __init__(self, codes: torch.Tensor | None = None, dtype: torch.dtype = torch.qint8, **kwargs) -> None:
+        super().__init__(dtype=dtype, **kwargs)
+        self.qscheme = torch.per_channel_symmetric
+        self.ch_axis = 0
+        self.quant_min, self.quant_max = -128, 127
+        self.register_buffer("codes", codes if codes is not None else torch.zeros(0))
+        self.register_buffer("scales", torch.ones(codes.shape[0] if codes is not None else 0))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        flat = weight.detach().reshape(weight.shape[0], -1).to(torch.float64)
+        codes = self.codes.reshape(weight.shape[0], -1).to(torch.float64)
+        norm = (codes * codes).sum(dim=1)
+        scale = ((flat * codes).sum(dim=1) / norm.clamp_min(1)).abs()
+        self.scales = torch.where(norm > 0, scale, torch.ones_like(scale)).clamp_min(1e-12).to(torch.float32)
+        return weight
+
+    def calculate_qparams(self):  # type: ignore[override]
+        return self.scales, torch.zeros_like(self.scales, dtype=torch.int64)
+
+
+def _backend_config():
+    """The native (x86/fbgemm) backend, plus :class:`LSQInput` as an op with its own output
+    observer (it runs in float between a dequantize and a quantize at the LSQ step)."""
+    config = get_native_backend_config()
+    config.set_backend_pattern_config(
+        BackendPatternConfig(LSQInput)
+        .set_observation_type(ObservationType.OUTPUT_USE_DIFFERENT_OBSERVER_AS_INPUT)
+        .add_dtype_config(DTypeConfig(input_dtype=torch.quint8, output_dtype=torch.quint8))
+    )
+    return config
+
+
+def _is_lsq_lowbit(layer: nn.Module) -> bool:
+    return (
+        isinstance(layer.weight_quantizer, LSQWeightQuantizer)
+        and isinstance(layer.input_quantizer, LSQActivationQuantizer)
+        and layer.weight_bits < FULL_PRECISION
+        and layer.act_bits < FULL_PRECISION
+    )
+
+
+def _float_layer(layer: QConv2d | QLinear) -> nn.Module:
+    float_layer = copy.deepcopy(layer.to_float())
+    with torch.no_grad():
+        float_layer.weight = nn.Parameter(layer.quantized_weight().detach().clone())
+    return float_layer
+
+
+def lowbit_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+    """A float copy of ``model`` in which every low-bit LSQ layer is ``LSQInput -> conv``
+    with weight ``code * step``: numerically the fake-quant model, but traceable by FX.
+
+    Returns the copy, the integer codes of each low-bit layer (by the new conv's name) and
+    the names of full-precision conv/linear layers (kept in float in the int8 model).
+    """
+    model = copy.deepcopy(model).eval()
+    codes: dict[str, torch.Tensor] = {}
+    float_layers: list[str] = []
+    for name, layer in quantized_layers(model):
+        if _is_lsq_lowbit(layer):
+            quantizer = layer.input_quantizer
+            step = float(quantizer.step.detach().clamp_min(1e-8))
+            with torch.no_grad():
+                codes[f"{name}.1"] = layer.weight_quantizer.integer_codes(layer.weight.detach()).to(torch.int8)
+            replacement: nn.Module = nn.Sequential(LSQInput(step, quantizer.qmin, quantizer.qmax), _float_layer(layer))
+        elif layer.act_bits == FULL_PRECISION and (layer.weight_bits == FULL_PRECISION or isinstance(layer.weight_quantizer, LSQWeightQuantizer)):
+            replacement = _float_layer(layer)  # FP input: the (fake-quantized) weight in float
+            float_layers.append(name)
+        else:
+            raise Int8ConversionError(
+                f"layer {name!r} uses {type(layer.input_quantizer).__name__}/{type(layer.weight_quantizer).__name__}: "
+                "the int8 path supports LSQ quantizers (uniform grids) only"
+            )
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
+    if any(isinstance(m, Quantizer) for m in model.modules()):
+        raise Int8ConversionError("the model holds quantizers outside conv/linear layers; cannot convert")
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in codes:
+            float_layers.append(name)
+    return model, codes, sorted(set(float_layers))
+
+
+def calibration_images(data_config, count: int = 16, batch_size: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    """Deterministic calibration batches: crops of the real photos shipped with qmdd.
+
+    The 8-bit ranges of the int8 model then depend on neither the images being classified
+    nor any dataset on disk. Crops go through the test transform (``data_config``), so they
+    have the deployment size and normalisation; the crop positions vary per photo.
+    """
+    import numpy as np
+
+    from qmdd.data import DetectorTransform, load_rgb
+    from qmdd.data import folder as _folder
+
+    photos = sorted((Path(_folder.__file__).parent / "assets" / "photos").glob("*.jpg"))
+    if not photos:
+        raise FileNotFoundError("qmdd's shipped photos (qmdd/data/assets/photos) are missing")
+    transform = DetectorTransform(data_config, "test")
+    rng = np.random.default_rng(seed)
+    images = []
+    for index in range(count):
+        image = load_rgb(photos[(index + seed) % len(photos)])
+        side = data_config.crop_size
+        if min(image.size) > 2 * side:  # a random window around the centre crop's size
+            width, height = image.size
+            left = int(rng.integers(0, width - 2 * side + 1))
+            top = int(rng.integers(0, height - 2 * side + 1))
+            image = image.crop((left, top, left + 2 * side, top + 2 * side))
+        images.append(transform(image, rng))
+    return [torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+
+
+def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Convert a calibrated fake-quant LSQ ``model`` to an int8 model for the x86 CPU backend.
+
+    ``calibration_batches``: a few image batches (input size of deployment) from which the
+    8-bit ranges of the tensors between layers are measured. Returns a ``GraphModule`` in
+    eval mode that maps images to logits like ``model``.
+    """
+    batches = list(calibration_batches)
+    if not batches:
+        raise ValueError("to_int8 needs at least one calibration batch")
+    float_model, codes, float_layers = lowbit_float_model(model)
+    torch.backends.quantized.engine = "x86"
+    activation = MinMaxObserver.with_args(reduce_range=False)
+    default = QConfig(activation=activation, weight=torch.ao.quantization.default_per_channel_weight_observer)
+    mapping = QConfigMapping().set_global(default)
+    for name in float_layers:
+        mapping.set_module_name(name, None)
+    for name, module in float_model.named_modules():
+        if isinstance(module, LSQInput):
+            fixed = FixedQParamsObserver.with_args(scale=module.step, zero_point=module.zero_point)
+            mapping.set_module_name(name, QConfig(activation=fixed, weight=default.weight))
+    for name, layer_codes in codes.items():
+        mapping.set_module_name(name, QConfig(activation=activation, weight=_CodeWeightObserver.with_args(codes=layer_codes)))
+    backend = _backend_config()
+    # LSQInput must stay one call_module node (a leaf), not be traced into its arithmetic.
+    custom = PrepareCustomConfig().set_non_traceable_module_classes([LSQInput])
+    prepared = prepare_fx(float_model, mapping, example_inputs=(batches[0],), prepare_custom_config=custom, backend_config=backend)
+    with torch.no_grad():
+        for batch in batches:
+            prepared(batch)
+    converted = convert_fx(prepared, backend_config=backend)
+    _lower_lsq_inputs(converted)
+    return converted.eval()
+
+
+class Int8LSQInput(nn.Module):
+    """:class:`LSQInput` on an int8 tensor, without leaving the integer domain.
+
+    The producer's 8-bit scale is set (by :func:`_lower_lsq_inputs`) to the LSQ step, or to
+    step / k with k odd: an odd k puts the LSQ rounding boundaries (half-integers in step
+    units) between 8-bit levels, so requantizing to the step is exact.
+
+    Clipping costs nothing for unsigned grids [0, Qp] on non-negative tensors: with zero
+    point ``255 - Qp`` at scale ``step``, the uint8 saturation at 255 *is* the clip at Qp
+    (and ReLU/non-negativity gives the one at 0). Producers with a fused ReLU are given
+    these qparams directly (no op at all here); other non-negative inputs take one
+    requantize (``quantized::leaky_relu`` with slope 1: an identity with new output
+    qparams); signed grids take a requantize and an integer clamp.
+    """
+
+    def __init__(self, lsq: LSQInput) -> None:
+        super().__init__()
+        self.step, self.qmin, self.qmax = lsq.step, lsq.qmin, lsq.qmax
+        self.unsigned = lsq.qmin == 0
+        self.zero_point = 255 - lsq.qmax if self.unsigned else lsq.zero_point
+        self.low, self.high = lsq.qmin * lsq.step, lsq.qmax * lsq.step
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.q_scale() == self.step and x.q_zero_point() == self.zero_point and self.unsigned:
+            return x  # a ReLU producer already wrote clipped LSQ codes
+        if self.unsigned and x.q_zero_point() == 0:  # non-negative: saturation clips
+            return torch.ops.quantized.leaky_relu(x, 1.0, False, self.step, self.zero_point)
+        if x.q_scale() != self.step or x.q_zero_point() != self.zero_point:
+            x = torch.ops.quantized.leaky_relu(x, 1.0, False, self.step, self.zero_point)
+        return torch.clamp(x, self.low, self.high)
+
+
+# Ops whose int8 output keeps its input's scale and zero point.
+_SHARED_QPARAMS_MODULES = (nn.MaxPool2d, nn.ReLU, nn.Identity)
+
+
+def _qparams_source(graph_module: nn.Module, node):
+    """The node that defines ``node``'s output qparams (walking back through max-pool/ReLU)."""
+    while node.op == "call_module" and isinstance(graph_module.get_submodule(node.target), _SHARED_QPARAMS_MODULES):
+        node = node.args[0]
+    return node
+
+
+def _set_output_qparams(graph_module: nn.Module, node, scale: float, zero_point: int) -> bool:
+    """Set the output scale/zero point of a quantized conv, add or quantize node."""
+    if node.op == "call_module":
+        module = graph_module.get_submodule(node.target)
+        if hasattr(module, "scale") and hasattr(module, "zero_point") and not isinstance(module, Int8LSQInput):
+            module.scale, module.zero_point = float(scale), int(zero_point)
+            return True
+        return False
+    if node.op == "call_function" and node.target in (torch.quantize_per_tensor, torch.ops.quantized.add, torch.ops.quantized.add_relu):
+        index = 1 if node.target is torch.quantize_per_tensor else 2
+        scale_node, zero_node = node.args[index], node.args[index + 1]
+        if getattr(scale_node, "op", None) == "get_attr" and getattr(zero_node, "op", None) == "get_attr":
+            setattr(graph_module, scale_node.target, torch.tensor(float(scale)))
+            setattr(graph_module, zero_node.target, torch.tensor(int(zero_point)))
+            return True
+    return False
+
+
+def _current_scale(graph_module: nn.Module, node) -> float | None:
+    if node.op == "call_module":
+        return getattr(graph_module.get_submodule(node.target), "scale", None)
+    if node.op == "call_function" and node.target in (torch.quantize_per_tensor, torch.ops.quantized.add, torch.ops.quantized.add_relu):
+        scale_node = node.args[1 if node.target is torch.quantize_per_tensor else 2]
+        if getattr(scale_node, "op", None) == "get_attr":
+            return float(getattr(graph_module, scale_node.target))
+    return None
+
+
+def _has_fused_relu(graph_module: nn.Module, node) -> bool:
+    """True for quantized conv/linear modules with a fused ReLU (outputs >= 0 for sure)."""
+    if node.op != "call_module":
+        return False
+    return type(graph_module.get_submodule(node.target)).__name__ in ("ConvReLU2d", "LinearReLU")
+
+
+def _lower_lsq_inputs(graph_module) -> None:
+    """Replace ``dequantize -> LSQInput -> quantize`` by :class:`Int8LSQInput`, and move the
+    producers' 8-bit scales onto the LSQ grids (see :class:`Int8LSQInput`)."""
+    graph = graph_module.graph
+    lowered = []
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(graph_module.get_submodule(node.target), LSQInput):
+            continue
+        dequant = node.args[0]
+        users = list(node.users)
+        if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
+            continue  # left as a float op: still correct, only slower
+        quantize_node = users[0]
+        name = f"{node.target.replace('.', '_')}_int8"
+        graph_module.add_submodule(name, Int8LSQInput(graph_module.get_submodule(node.target)))
+        with graph.inserting_before(quantize_node):
+            replacement = graph.call_module(name, (dequant.args[0],))
+        quantize_node.replace_all_uses_with(replacement)
+        graph.erase_node(quantize_node)
+        graph.erase_node(node)
+        if not dequant.users:
+            graph.erase_node(dequant)
+        lowered.append(replacement)
+    # Producers: put their output on the first LSQ consumer's grid (exactly when all their
+    # consumers are LSQ inputs of one step; at step / odd k otherwise, fine enough for the
+    # other consumers such as residual additions).
+    by_source: dict = {}
+    for node in lowered:
+        by_source.setdefault(_qparams_source(graph_module, node.args[0]), []).append(node)
+    for source, consumers in by_source.items():
+        first = graph_module.get_submodule(consumers[0].target)
+        steps = {graph_module.get_submodule(c.target).step for c in consumers}
+        only_lsq = all(
+            user in consumers or (user.op == "call_module" and isinstance(graph_module.get_submodule(user.target), _SHARED_QPARAMS_MODULES) and all(u in consumers for u in user.users))
+            for user in source.users
+        )
+        current = _current_scale(graph_module, source)
+        if current is None:
+            continue
+        zero_point = 0 if first.unsigned else first.zero_point
+        if only_lsq and len(steps) == 1:
+            scale = first.step
+            if first.unsigned and _has_fused_relu(graph_module, source):
+                zero_point = first.zero_point  # saturation clips at Qp (see Int8LSQInput)
+        else:
+            k = max(1, int(first.step / current))
+            k -= 1 - k % 2  # odd, and step / k >= the calibrated scale: no new clipping
+            scale = first.step / k if k >= 1 else current
+        _set_output_qparams(graph_module, source, scale, zero_point)
+    graph.eliminate_dead_code()
+    graph.lint()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()

@@ -1,0 +1,207 @@
+"""The QMDD packed model file: exact round trips, real size savings, and hostile input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.utils import prune
+
+from qmdd.config import load_config
+from qmdd.cost import cost_summary
+from qmdd.deploy import MAGIC, PackedFormatError, load_packed, pack_codes, read_packed, save_packed, unpack_codes
+from qmdd.export import main as export_main
+from qmdd.quant import calibrate
+from qmdd.training import build_detector, save_checkpoint
+
+SIZE = 32
+
+
+def _calibrated_detector(arch: str = "resnet18", *overrides: str):
+    config = load_config(None, [f"model.arch={arch}", "quant.bits=2", f"data.crop_size={SIZE}", *overrides])
+    torch.manual_seed(0)
+    model = build_detector(config)
+    calibrate(model, [torch.randn(4, 3, SIZE, SIZE)])
+    return model.eval(), config
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> tuple[torch.nn.Module, object, Path]:
+    """A calibrated W2A2 ResNet-18, checkpointed and exported by ``python -m qmdd.export``."""
+    model, config = _calibrated_detector()
+    folder = tmp_path_factory.mktemp("packed")
+    save_checkpoint(folder / "best.pt", config=config, model=model)
+    path = folder / "model.qmdd"
+    assert export_main(["--checkpoint", str(folder / "best.pt"), "--out", str(path)]) == 0
+    return model, config, path
+
+
+def _outputs(model, seed: int = 1) -> torch.Tensor:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model(torch.randn(3, 3, SIZE, SIZE))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_codes_round_trips_at_exactly_b_bits(bits: int):
+    values = np.random.default_rng(bits).integers(0, 2**bits, size=1001).astype(np.uint8)
+    packed = pack_codes(values, bits)
+    assert len(packed) == (1001 * bits + 7) // 8
+    assert np.array_equal(unpack_codes(packed, bits, 1001), values)
+
+
+def test_three_bit_codes_use_three_bytes_per_eight_weights():
+    assert len(pack_codes(np.arange(8, dtype=np.uint8), 3)) == 3
+    with pytest.raises(ValueError, match="does not fit in 2 bits"):
+        pack_codes(np.array([4], dtype=np.uint8), 2)
+
+
+def test_round_trip_gives_the_same_outputs(exported):
+    model, config, path = exported
+    loaded, loaded_config = load_packed(path)
+    assert loaded_config == config
+    assert torch.equal(_outputs(loaded), _outputs(model))
+    assert not loaded.training
+
+
+def test_file_is_as_small_as_counted_and_far_below_fp32(exported):
+    model, _, path = exported
+    config, state, header = read_packed(path)
+    counted_bytes = cost_summary(model, SIZE)["storage_bytes"]
+    header_bytes = len(json.dumps(header, separators=(",", ":")))
+    # Per tensor at most one byte of padding plus 4 bytes for int64 counters stored wide.
+    slack = 8 * len(state)
+    assert path.stat().st_size <= counted_bytes + header_bytes + len(MAGIC) + 10 + slack
+    fp32_bytes = 4 * sum(t.numel() for k, t in state.items() if "quantizer" not in k)
+    assert fp32_bytes / path.stat().st_size > 13
+    encodings = {entry["encoding"] for entry in header["tensors"]}
+    assert encodings & {"lsq_codes", "lsq_codes_sparse"}
+
+
+def test_pruned_weights_use_the_sparse_encoding_and_round_trip(exported, tmp_path):
+    model, config, _ = exported
+    model = copy.deepcopy(model)
+    prune.l1_unstructured(model.layer1[0].conv1, "weight", amount=0.8)
+    prune.l1_unstructured(model.fc, "weight", amount=0.9)
+    path = tmp_path / "pruned.qmdd"
+    save_packed(path, model, config)
+    _, state, header = read_packed(path)
+    by_name = {entry["name"]: entry for entry in header["tensors"]}
+    assert by_name["layer1.0.conv1.weight_orig"]["encoding"] == "lsq_codes_sparse"
+    assert by_name["layer1.0.conv1.weight_mask"]["encoding"] == "bitmask"
+    assert by_name["fc.weight_orig"]["encoding"] == "float32_sparse"
+    loaded, _ = load_packed(path)
+    assert torch.equal(_outputs(loaded), _outputs(model))
+
+
+def test_export_cli_reports_size_and_errors(exported, tmp_path, capsys):
+    assert exported[2].stat().st_size > 0
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.qmdd")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_uncalibrated_models_are_not_exported(tmp_path):
+    config = load_config(None, ["quant.bits=2"])
+    with pytest.raises(PackedFormatError, match="uncalibrated"):
+        save_packed(tmp_path / "x.qmdd", build_detector(config), config)
+    assert not (tmp_path / "x.qmdd").exists()
+
+
+# ----------------------------------------------------------------------- hostile input
+
+
+def _split(blob: bytes) -> tuple[dict, bytes]:
+    header_length = struct.unpack_from("<I", blob, len(MAGIC) + 2)[0]
+    start = len(MAGIC) + 10
+    return json.loads(blob[start : start + header_length]), blob[start + header_length :]
+
+
+def _forge(path: Path, header: dict, data: bytes, *, fix_data_crc: bool = True) -> Path:
+    """What an attacker can write: any header, with checksums that match."""
+    if fix_data_crc:
+        header = {**header, "data_crc32": zlib.crc32(data)}
+    raw = json.dumps(header).encode()
+    path.write_bytes(MAGIC + struct.pack("<HII", 1, len(raw), zlib.crc32(raw)) + raw + data)
+    return path
+
+
+@pytest.mark.parametrize("keep", [0, 5, len(MAGIC) + 3, 200, -1])
+def test_truncated_files_are_rejected(exported, tmp_path, keep):
+    blob = exported[2].read_bytes()
+    cut = tmp_path / "cut.qmdd"
+    cut.write_bytes(blob[:keep] if keep >= 0 else blob[:-1])
+    with pytest.raises(PackedFormatError, match="truncated|wrong magic"):
+        read_packed(cut)
+
+
+def test_wrong_magic_and_newer_version_are_rejected(exported, tmp_path):
+    blob = exported[2].read_bytes()
+    (tmp_path / "a").write_bytes(b"PK\x03\x04" + blob[4:])
+    with pytest.raises(PackedFormatError, match="wrong magic"):
+        read_packed(tmp_path / "a")
+    (tmp_path / "b").write_bytes(MAGIC + struct.pack("<H", 99) + blob[len(MAGIC) + 2 :])
+    with pytest.raises(PackedFormatError, match="version 99 .*newer"):
+        read_packed(tmp_path / "b")
+
+
+@pytest.mark.parametrize("position", [len(MAGIC) + 12, len(MAGIC) + 200, -100])
+def test_flipped_bytes_are_detected(exported, tmp_path, position):
+    blob = bytearray(exported[2].read_bytes())
+    blob[position] ^= 0x5A
+    (tmp_path / "flip").write_bytes(bytes(blob))
+    with pytest.raises(PackedFormatError, match="checksum|JSON"):
+        read_packed(tmp_path / "flip")
+
+
+def test_oversized_header_length_is_rejected(exported, tmp_path):
+    blob = bytearray(exported[2].read_bytes())
+    struct.pack_into("<I", blob, len(MAGIC) + 2, 2**32 - 1)
+    (tmp_path / "big").write_bytes(bytes(blob))
+    with pytest.raises(PackedFormatError, match="header length .* exceeds"):
+        read_packed(tmp_path / "big")
+    struct.pack_into("<I", blob, len(MAGIC) + 2, 2**23)
+    (tmp_path / "big").write_bytes(bytes(blob))
+    with pytest.raises(PackedFormatError, match="truncated"):
+        read_packed(tmp_path / "big")
+
+
+def _first(header: dict, encoding: str) -> dict:
+    return next(e for e in header["tensors"] if e["encoding"].startswith(encoding))
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda h: h.update(data_bytes=h["data_bytes"] + 10), "truncated"),
+        (lambda h: _first(h, "float32").update(length=_first(h, "float32")["length"] + 4), "needs .* bytes"),
+        (lambda h: _first(h, "float32").update(shape=[10**12]), "shape\\[0\\]"),
+        (lambda h: _first(h, "lsq_codes").update(shape=[1, 1, 1, 1]), "needs .* bytes|step tensor|nonzero"),
+        (lambda h: _first(h, "float32").update(encoding="pickle"), "unknown encoding"),
+        (lambda h: _first(h, "float32").update(offset=-1), "offset"),
+        (lambda h: _first(h, "lsq_codes").update(bits=40), "bits"),
+        (lambda h: h["tensors"].append(dict(h["tensors"][0])), "appears twice"),
+        (lambda h: h["tensors"][1].update(offset=h["tensors"][0]["offset"], length=h["tensors"][0]["length"], shape=h["tensors"][0]["shape"], encoding=h["tensors"][0]["encoding"]), "overlaps|needs"),
+        (lambda h: h["config"]["quant"].update(bits=5), "invalid config"),
+        (lambda h: h.update(tensors="all"), "must be a list"),
+    ],
+)
+def test_forged_headers_are_rejected(exported, tmp_path, tamper, message):
+    header, data = _split(exported[2].read_bytes())
+    tamper(header)
+    with pytest.raises(PackedFormatError, match=message):
+        read_packed(_forge(tmp_path / "forged.qmdd", header, data))
+
+
+def test_data_checksum_and_architecture_mismatch(exported, tmp_path):
+    header, data = _split(exported[2].read_bytes())
+    with pytest.raises(PackedFormatError, match="data checksum"):
+        read_packed(_forge(tmp_path / "crc.qmdd", {**header, "data_crc32": 0}, data, fix_data_crc=False))
+    header["config"]["model"]["arch"] = "resnet34"
+    with pytest.raises(PackedFormatError, match="do not match the resnet34"):
+        load_packed(_forge(tmp_path / "arch.qmdd", header, data))
