@@ -13,6 +13,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from qmdd.config import RunConfig, config_from_dict, config_to_dict, save_config
+from qmdd.cost import cost_summary
 from qmdd.data import TrainingData, build_training_data
 from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
 from qmdd.quant import calibrate
@@ -139,6 +140,23 @@ def _with_teacher(config: RunConfig, loss_fn: LossFn, device: torch.device) -> L
     return DistillationLoss(teacher, config.train.distill_alpha, config.train.distill_temperature)
 
 
+def _log_hparams(writer: SummaryWriter, config: RunConfig, metrics: dict[str, Any]) -> None:
+    """One TensorBoard hparams entry per run: its setting, costs and headline metrics."""
+    hparams = {
+        "arch": config.model.arch,
+        "quant": config.quant.tag,
+        "quantizer": config.quant.quantizer,
+        "lr": config.train.lr,
+        "seed": config.train.seed,
+    }
+    results = {f"cost/{k}": float(v) for k, v in metrics["cost"].items() if isinstance(v, (int, float)) and k != "input_size"}
+    for group in ("seen", "mean_unseen"):
+        if group in metrics:
+            results[f"hparam/{group}_ap"] = float(metrics[group]["ap"])
+            results[f"hparam/{group}_acc"] = float(metrics[group]["acc"])
+    writer.add_hparams(hparams, results, run_name="hparams")
+
+
 def run(
     config: RunConfig,
     *,
@@ -233,6 +251,8 @@ def run(
         "val_best": trainer.state.history[trainer.state.best_epoch - 1] if trainer.state.best_epoch else None,
         "train_time_s": round(trainer.state.elapsed_s, 2),
         "train_images": len(data.train),
+        # What quantization saves, counted for the trained input size (reference §4).
+        "cost": cost_summary(model, config.data.crop_size),
     }
     step = trainer.state.step
     for name, m in per_set.items():
@@ -242,6 +262,7 @@ def run(
         if group in metrics:
             writer.add_scalar(f"test/{group}/ap", metrics[group]["ap"], step)
             writer.add_scalar(f"test/{group}/acc", metrics[group]["acc"], step)
+    _log_hparams(writer, config, metrics)
     writer.close()
     atomic_write_text(out_dir / METRICS_FILE, json.dumps(_json_safe(metrics), indent=2) + "\n")
     return metrics

@@ -37,6 +37,9 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(w2_run):
         assert 0.0 <= family["ap"] <= 1.0
     # With a single unseen family its mean is that family.
     assert metrics["mean_unseen"]["ap"] == pytest.approx(metrics["test"]["unseen"]["ap"])
+    # The savings are counted for every run: a W2A2 body costs less than FP32.
+    assert metrics["cost"]["ops_ratio"] > 1.0 and metrics["cost"]["storage_ratio"] > 1.0
+    assert metrics["cost"]["ops"] < metrics["cost"]["fp32_ops"]
 
     events = EventAccumulator(str(w2_run))
     events.Reload()
@@ -44,6 +47,9 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(w2_run):
     assert {"train/loss", "train/lr", "val/ap", "val/acc", "test/seen/ap"} <= tags
     assert any(tag.startswith("quant/") and tag.endswith("weight_step") for tag in tags)
     assert len(events.Scalars("val/acc")) == 2  # one point per epoch: a curve
+    hparams = EventAccumulator(str(w2_run / "hparams"))
+    hparams.Reload()
+    assert "cost/ops_ratio" in hparams.Tags()["scalars"]
 
 
 def test_checkpoints_load_weights_only_and_rebuild_the_quantized_model(w2_run):
