@@ -278,7 +278,11 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = _help("Maximum number of epochs (early stopping may end sooner).", default=8)
+    epochs: int = _help(
+        "Maximum number of epochs (early stopping may end sooner). The default keeps the "
+        "quick start within a few CPU minutes; real training wants many more.",
+        default=3,
+    )
     batch_size: int = _help("Images per optimizer step (CNNDetection: 64).", default=64)
     lr: float = _help("Adam learning rate (CNNDetection: 1e-4 from ImageNet weights).", default=1e-3)
     betas: tuple[float, float] = _help("Adam betas (CNNDetection: 0.9, 0.999).", default=(0.9, 0.999))
