@@ -11,7 +11,7 @@ from qmdd.config import load_config
 from qmdd.train import main
 from qmdd.training import build_detector, load_checkpoint
 from qmdd.training._distill import DistillationLoss, distillation_loss, init_state_dict
-from conftest import make_tiny_forensynths  # tests/conftest.py (pytest puts tests/ on sys.path)
+from tiny_data import make_tiny_forensynths
 
 TINY = ["--batch-size", "8", "--set", "data.crop_size=24", "--set", "train.log_every=1"]
 
