@@ -281,7 +281,7 @@ class TrainConfig:
     epochs: int = _help(
         "Maximum number of epochs (early stopping may end sooner). The default keeps the "
         "quick start within a few CPU minutes; real training wants many more.",
-        default=3,
+        default=2,
     )
     batch_size: int = _help("Images per optimizer step (CNNDetection: 64).", default=64)
     lr: float = _help("Adam learning rate (CNNDetection: 1e-4 from ImageNet weights).", default=1e-3)
