@@ -16,6 +16,7 @@ drift apart and breaks ONNX export:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from qmdd.config import FULL_PRECISION, SUPPORTED_BITS
 
-__all__ = ["Quantizer", "FullPrecision", "NotCalibratedError"]
+__all__ = ["Quantizer", "ActivationQuantizer", "FullPrecision", "NotCalibratedError"]
 
 
 class NotCalibratedError(RuntimeError):
@@ -98,6 +99,59 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, calibrated={self.calibrated}"
+
+
+class ActivationQuantizer(Quantizer):
+    """Base of per-tensor activation quantizers (LSQ, N2UQ, SLR).
+
+    It owns what they share: the calibration statistics (mean |x| over the calibration
+    batches, the minimum, the features per sample that LSQ-style gradient scales need) and
+    the grid decision: signed when any calibration value was negative, unsigned otherwise.
+    The decision is persisted in the ``signed`` buffer and mirrored in the Python attribute
+    ``signed_grid``, so the forward pass never reads a tensor to choose its control flow.
+    """
+
+    def __init__(self, bits: int) -> None:
+        super().__init__(bits)
+        self.register_buffer("signed", torch.tensor(False))
+        self.signed_grid = False
+        self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._abs_sum = 0.0
+        self._batches = 0
+        self._min = math.inf
+        self._features = 1
+
+    def start_calibration(self) -> None:
+        super().start_calibration()
+        self._reset_stats()
+
+    def observe(self, x: torch.Tensor) -> None:
+        self._abs_sum += float(x.abs().mean())
+        self._min = min(self._min, float(x.min()))
+        self._batches += 1
+        # N in LSQ's g = 1/sqrt(N * Qp) is the number of features per sample.
+        self._features = x[0].numel() if x.dim() > 0 else 1
+
+    @property
+    def mean_abs_seen(self) -> float:
+        """Mean |x| over the calibration batches."""
+        return self._abs_sum / self._batches
+
+    @property
+    def features_per_sample(self) -> int:
+        return self._features
+
+    def _decide_grid(self) -> None:
+        """Fix the signed/unsigned grid from the calibration data (call first in finish)."""
+        if self._batches == 0:
+            raise RuntimeError(f"{type(self).__name__} saw no input during calibration")
+        self.signed_grid = self._min < 0
+        self.signed.fill_(self.signed_grid)
+
+    def _after_load(self) -> None:
+        self.signed_grid = bool(self.signed)
 
 
 class FullPrecision(Quantizer):

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import Quantizer
+from qmdd.quant._base import ActivationQuantizer, Quantizer
 
 __all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "signed_range", "unsigned_range"]
 
@@ -131,24 +131,13 @@ class LSQWeightQuantizer(Quantizer):
         return (weight / step).clamp(self.qmin, self.qmax).round()
 
 
-class LSQActivationQuantizer(Quantizer):
+class LSQActivationQuantizer(ActivationQuantizer):
     """LSQ with one learned step per tensor; unsigned when calibration saw no negatives."""
 
     def __init__(self, bits: int) -> None:
         super().__init__(bits)
         self.step = nn.Parameter(torch.ones(()))
-        # Persisted so a checkpoint restores the grid; mirrored in self.signed_grid (Python)
-        # so the forward pass never reads a tensor to decide its control flow.
-        self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("grad_scale", torch.tensor(1.0))
-        self.signed_grid = False
-        self._reset_stats()
-
-    def _reset_stats(self) -> None:
-        self._abs_sum = 0.0
-        self._batches = 0
-        self._min = math.inf
-        self._features = 1
 
     @property
     def qmin(self) -> int:
@@ -158,29 +147,12 @@ class LSQActivationQuantizer(Quantizer):
     def qmax(self) -> int:
         return signed_range(self.bits)[1] if self.signed_grid else unsigned_range(self.bits)[1]
 
-    def start_calibration(self) -> None:
-        super().start_calibration()
-        self._reset_stats()
-
-    def observe(self, x: torch.Tensor) -> None:
-        self._abs_sum += float(x.abs().mean())
-        self._min = min(self._min, float(x.min()))
-        self._batches += 1
-        # N for activations is the number of features per sample (LSQ).
-        self._features = x[0].numel() if x.dim() > 0 else 1
-
     def finish_calibration(self) -> None:
-        if self._batches == 0:
-            raise RuntimeError("LSQActivationQuantizer saw no input during calibration")
-        self.signed_grid = self._min < 0
-        self.signed.fill_(self.signed_grid)
-        mean_abs = torch.tensor(self._abs_sum / self._batches)
+        self._decide_grid()
+        mean_abs = torch.tensor(self.mean_abs_seen)
         self.step.data.copy_(_init_step(mean_abs, self.qmax))
-        self.grad_scale.fill_(_grad_scale(self._features, self.qmax))
+        self.grad_scale.fill_(_grad_scale(self.features_per_sample, self.qmax))
         self._end_observing()
-
-    def _after_load(self) -> None:
-        self.signed_grid = bool(self.signed)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.grad_scale)

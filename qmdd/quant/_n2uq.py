@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qmdd.quant._base import Quantizer
+from qmdd.quant._base import ActivationQuantizer, Quantizer
 from qmdd.quant._lsq import signed_range
 
 __all__ = ["N2UQActivationQuantizer", "N2UQWeightQuantizer", "n2uq_fake_quant", "n2uq_thresholds"]
@@ -147,7 +147,7 @@ def n2uq_fake_quant(
     return _N2UQFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, surrogate)
 
 
-class N2UQActivationQuantizer(Quantizer):
+class N2UQActivationQuantizer(ActivationQuantizer):
     """N2UQ activations: learned thresholds, uniform output levels, GSTE backward.
 
     Parametrisation (qmdd's, see ``docs/method.md``): every threshold parameter is stored
@@ -177,11 +177,8 @@ class N2UQActivationQuantizer(Quantizer):
         self.output_scale = nn.Parameter(torch.ones(()))
         self.register_buffer("ref_step", torch.tensor(1.0))
         self.register_buffer("threshold_lr_scale", torch.tensor(float(threshold_lr_scale)))
-        self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("grad_scale", torch.tensor(1.0))
-        self.signed_grid = False
         self._lr_scale = float(threshold_lr_scale)
-        self._reset_stats()
 
     def configure(self, config) -> None:
         """Take ``quant.n2uq_threshold_lr_scale`` from a QuantConfig (before calibration)."""
@@ -191,12 +188,6 @@ class N2UQActivationQuantizer(Quantizer):
         self._lr_scale = value
         self.threshold_lr_scale.fill_(value)
 
-    def _reset_stats(self) -> None:
-        self._abs_sum = 0.0
-        self._batches = 0
-        self._min = math.inf
-        self._features = 1
-
     @property
     def qmin(self) -> int:
         return signed_range(self.bits)[0] if self.signed_grid else 0
@@ -205,34 +196,21 @@ class N2UQActivationQuantizer(Quantizer):
     def qmax(self) -> int:
         return self.qmin + self.levels
 
-    def start_calibration(self) -> None:
-        super().start_calibration()
-        self._reset_stats()
-
-    def observe(self, x: torch.Tensor) -> None:
-        self._abs_sum += float(x.abs().mean())
-        self._min = min(self._min, float(x.min()))
-        self._batches += 1
-        self._features = x[0].numel() if x.dim() > 0 else 1
-
     def finish_calibration(self) -> None:
-        if self._batches == 0:
-            raise RuntimeError("N2UQActivationQuantizer saw no input during calibration")
-        self.signed_grid = self._min < 0
-        self.signed.fill_(self.signed_grid)
+        self._decide_grid()
         # LSQ's initial step for the same grid; every threshold parameter is relative to it.
         qmax_lsq = signed_range(self.bits)[1] if self.signed_grid else self.levels
-        ref = max(2.0 * (self._abs_sum / self._batches) / math.sqrt(qmax_lsq), 1e-8)
+        ref = max(2.0 * self.mean_abs_seen / math.sqrt(qmax_lsq), 1e-8)
         self.ref_step.fill_(ref)
         c = self._lr_scale
         self.start_param.data.fill_((self.qmin + 0.5) / c)
         self.width_param.data.fill_(_inverse_softplus(1.0 - _MIN_RELATIVE_WIDTH) / c)
         self.output_scale.data.fill_(ref * self.levels / 2.0)
-        self.grad_scale.fill_(1.0 / math.sqrt(self._features * qmax_lsq))
+        self.grad_scale.fill_(1.0 / math.sqrt(self.features_per_sample * qmax_lsq))
         self._end_observing()
 
     def _after_load(self) -> None:
-        self.signed_grid = bool(self.signed)
+        super()._after_load()
         self._lr_scale = float(self.threshold_lr_scale)
 
     def start(self) -> torch.Tensor:

@@ -40,7 +40,7 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import Quantizer
+from qmdd.quant._base import ActivationQuantizer, Quantizer
 from qmdd.quant._lsq import _MIN_STEP, signed_range, unsigned_range
 
 __all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_levels"]
@@ -109,7 +109,7 @@ def slr_levels(step: float, shift: float, qmin: int, qmax: int) -> torch.Tensor:
     return torch.sign(k) * shift * torch.expm1(k.abs() * step)
 
 
-class SLRActivationQuantizer(Quantizer):
+class SLRActivationQuantizer(ActivationQuantizer):
     """SLR activations: learned log-domain step and learned shift (module docstring).
 
     Initialisation from calibration data (qmdd's choice, ``docs/method.md``): the shift is
@@ -125,20 +125,11 @@ class SLRActivationQuantizer(Quantizer):
         self.shift_init = float(shift_init)
         self.step = nn.Parameter(torch.ones(()))
         self.log_shift = nn.Parameter(torch.zeros(()))
-        self.register_buffer("signed", torch.tensor(False))
         self.register_buffer("grad_scale", torch.tensor(1.0))
-        self.signed_grid = False
-        self._reset_stats()
 
     def configure(self, config) -> None:
         """Take ``quant.slr_shift_init`` from a QuantConfig (used at calibration)."""
         self.shift_init = float(config.slr_shift_init)
-
-    def _reset_stats(self) -> None:
-        self._abs_sum = 0.0
-        self._batches = 0
-        self._min = math.inf
-        self._features = 1
 
     @property
     def qmin(self) -> int:
@@ -152,31 +143,15 @@ class SLRActivationQuantizer(Quantizer):
     def shift(self) -> torch.Tensor:
         return self.log_shift.exp()
 
-    def start_calibration(self) -> None:
-        super().start_calibration()
-        self._reset_stats()
-
-    def observe(self, x: torch.Tensor) -> None:
-        self._abs_sum += float(x.abs().mean())
-        self._min = min(self._min, float(x.min()))
-        self._batches += 1
-        self._features = x[0].numel() if x.dim() > 0 else 1
-
     def finish_calibration(self) -> None:
-        if self._batches == 0:
-            raise RuntimeError("SLRActivationQuantizer saw no input during calibration")
-        self.signed_grid = self._min < 0
-        self.signed.fill_(self.signed_grid)
-        mean_abs = max(self._abs_sum / self._batches, 1e-8)
+        self._decide_grid()
+        mean_abs = max(self.mean_abs_seen, 1e-8)
         shift = self.shift_init * mean_abs
         clip_point = self.qmax * 2.0 * mean_abs / math.sqrt(self.qmax)  # LSQ's qmax * s0
         self.log_shift.data.fill_(math.log(shift))
         self.step.data.fill_(max(math.log1p(clip_point / shift) / self.qmax, _MIN_STEP))
-        self.grad_scale.fill_(1.0 / math.sqrt(self._features * self.qmax))
+        self.grad_scale.fill_(1.0 / math.sqrt(self.features_per_sample * self.qmax))
         self._end_observing()
-
-    def _after_load(self) -> None:
-        self.signed_grid = bool(self.signed)
 
     def levels(self) -> torch.Tensor:
         """The current output levels, ascending (float64)."""
