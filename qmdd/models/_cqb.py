@@ -43,6 +43,8 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import Conv2dNormActivation
 
+from qmdd.quant._layers import conv_sharing_parameters
+
 __all__ = ["connect_blocks", "ShortcutConv2d", "ConnectedBasicBlock", "ConnectedBottleneck", "ConnectedConvNormActivation", "is_connected"]
 
 
@@ -51,21 +53,7 @@ class ShortcutConv2d(nn.Conv2d):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "ShortcutConv2d":
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device="meta",
-        )
-        layer.weight, layer.bias = conv.weight, conv.bias  # shared, not copied
-        layer.train(conv.training)
-        return layer
+        return conv_sharing_parameters(cls, conv)
 
 
 def _full_precision_downsample(downsample: nn.Module | None) -> nn.Module | None:

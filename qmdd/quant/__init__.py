@@ -10,9 +10,9 @@ Typical use::
     optimizer = torch.optim.Adam(model.parameters())  # steps are Parameters too
 """
 
-from qmdd.quant._base import FullPrecision, NotCalibratedError, Quantizer
+from qmdd.quant._base import ActivationQuantizer, FullPrecision, NotCalibratedError, Quantizer, signed_range, unsigned_range
 from qmdd.quant._layers import QUANTIZED_LAYERS, QConv2d, QLinear
-from qmdd.quant._lsq import LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant, signed_range, unsigned_range
+from qmdd.quant._lsq import LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant
 from qmdd.quant._n2uq import N2UQActivationQuantizer, N2UQWeightQuantizer, n2uq_fake_quant, n2uq_thresholds
 from qmdd.quant._registry import QuantizerFamily, configure_quantizers, get_quantizer, list_quantizers, register_quantizer
 from qmdd.quant._slr import SLRActivationQuantizer, slr_fake_quant, slr_levels
@@ -20,6 +20,7 @@ from qmdd.quant._transform import LayerPrecision, calibrate, is_quantized, plan_
 
 __all__ = [
     "Quantizer",
+    "ActivationQuantizer",
     "FullPrecision",
     "NotCalibratedError",
     "QConv2d",

@@ -24,7 +24,17 @@ from torch import nn
 
 from qmdd.config import FULL_PRECISION, SUPPORTED_BITS
 
-__all__ = ["Quantizer", "ActivationQuantizer", "FullPrecision", "NotCalibratedError"]
+__all__ = ["Quantizer", "ActivationQuantizer", "FullPrecision", "NotCalibratedError", "signed_range", "unsigned_range"]
+
+
+def signed_range(bits: int) -> tuple[int, int]:
+    """Integer range (-Qn, Qp) of a signed b-bit grid: 2^b levels."""
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+def unsigned_range(bits: int) -> tuple[int, int]:
+    """Integer range (0, Qp) of an unsigned b-bit grid: 2^b levels."""
+    return 0, 2**bits - 1
 
 
 class NotCalibratedError(RuntimeError):
@@ -133,6 +143,16 @@ class ActivationQuantizer(Quantizer):
         self._batches += 1
         # N in LSQ's g = 1/sqrt(N * Qp) is the number of features per sample.
         self._features = x[0].numel() if x.dim() > 0 else 1
+
+    @property
+    def qmin(self) -> int:
+        """Lowest integer code of the b-bit grid: -2^(b-1) when signed, else 0."""
+        return signed_range(self.bits)[0] if self.signed_grid else 0
+
+    @property
+    def qmax(self) -> int:
+        """Highest integer code: 2^(b-1) - 1 when signed, else 2^b - 1."""
+        return signed_range(self.bits)[1] if self.signed_grid else unsigned_range(self.bits)[1]
 
     @property
     def mean_abs_seen(self) -> float:

@@ -15,7 +15,30 @@ from torch.nn import functional as F
 
 from qmdd.quant._base import FullPrecision, Quantizer
 
-__all__ = ["QConv2d", "QLinear", "QUANTIZED_LAYERS"]
+__all__ = ["QConv2d", "QLinear", "QUANTIZED_LAYERS", "conv_sharing_parameters"]
+
+
+def conv_sharing_parameters(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:
+    """A ``cls`` conv with ``conv``'s geometry whose weight and bias *are* ``conv``'s.
+
+    Built on the meta device, so no memory is allocated for Parameters that are replaced
+    at once; used to change a conv's type (float <-> quantized, plain -> shortcut) in place.
+    """
+    layer = cls(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device="meta",
+    )
+    layer.weight, layer.bias = conv.weight, conv.bias  # shared, not copied
+    layer.train(conv.training)
+    return layer
 
 
 class _QuantizedLayerMixin:
@@ -51,42 +74,13 @@ class QConv2d(_QuantizedLayerMixin, nn.Conv2d):
         input_quantizer: Quantizer | None = None,
     ) -> "QConv2d":
         """Wrap ``conv``'s own Parameters (not copies) with the given quantizers."""
-        layer = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device="meta",
-        )
-        layer.weight = conv.weight
-        layer.bias = conv.bias
-        layer.train(conv.training)
+        layer = conv_sharing_parameters(cls, conv)
         layer._attach(weight_quantizer, input_quantizer)
         return layer
 
     def to_float(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` sharing this layer's (float, unquantized) Parameters."""
-        conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            bias=self.bias is not None,
-            padding_mode=self.padding_mode,
-            device="meta",
-        )
-        conv.weight = self.weight
-        conv.bias = self.bias
-        conv.train(self.training)
-        return conv
+        return conv_sharing_parameters(nn.Conv2d, self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(self.input_quantizer(x), self.weight_quantizer(self.weight), self.bias)

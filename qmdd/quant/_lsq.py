@@ -28,23 +28,13 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import ActivationQuantizer, Quantizer
+from qmdd.quant._base import ActivationQuantizer, Quantizer, signed_range
 
-__all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "signed_range", "unsigned_range"]
+__all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant"]
 
 # A step below this (in input units) would divide by ~0; all-zero (e.g. pruned) channels
 # initialise to it and stay exactly zero after quantization.
 _MIN_STEP = 1e-8
-
-
-def signed_range(bits: int) -> tuple[int, int]:
-    """Integer range (-Qn, Qp) of a signed b-bit grid: 2^b levels."""
-    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-
-
-def unsigned_range(bits: int) -> tuple[int, int]:
-    """Integer range (0, Qp) of an unsigned b-bit grid: 2^b levels."""
-    return 0, 2**bits - 1
 
 
 class _LSQFakeQuant(torch.autograd.Function):
@@ -138,14 +128,6 @@ class LSQActivationQuantizer(ActivationQuantizer):
         super().__init__(bits)
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("grad_scale", torch.tensor(1.0))
-
-    @property
-    def qmin(self) -> int:
-        return signed_range(self.bits)[0] if self.signed_grid else 0
-
-    @property
-    def qmax(self) -> int:
-        return signed_range(self.bits)[1] if self.signed_grid else unsigned_range(self.bits)[1]
 
     def finish_calibration(self) -> None:
         self._decide_grid()

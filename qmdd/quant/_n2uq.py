@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qmdd.quant._base import ActivationQuantizer, Quantizer
-from qmdd.quant._lsq import signed_range
+from qmdd.quant._base import signed_range
 
 __all__ = ["N2UQActivationQuantizer", "N2UQWeightQuantizer", "n2uq_fake_quant", "n2uq_thresholds"]
 
@@ -187,10 +187,6 @@ class N2UQActivationQuantizer(ActivationQuantizer):
             raise RuntimeError("threshold_lr_scale must be set before calibration")
         self._lr_scale = value
         self.threshold_lr_scale.fill_(value)
-
-    @property
-    def qmin(self) -> int:
-        return signed_range(self.bits)[0] if self.signed_grid else 0
 
     @property
     def qmax(self) -> int:

@@ -40,8 +40,8 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import ActivationQuantizer, Quantizer
-from qmdd.quant._lsq import _MIN_STEP, signed_range, unsigned_range
+from qmdd.quant._base import ActivationQuantizer
+from qmdd.quant._lsq import _MIN_STEP
 
 __all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_levels"]
 
@@ -130,14 +130,6 @@ class SLRActivationQuantizer(ActivationQuantizer):
     def configure(self, config) -> None:
         """Take ``quant.slr_shift_init`` from a QuantConfig (used at calibration)."""
         self.shift_init = float(config.slr_shift_init)
-
-    @property
-    def qmin(self) -> int:
-        return signed_range(self.bits)[0] if self.signed_grid else 0
-
-    @property
-    def qmax(self) -> int:
-        return signed_range(self.bits)[1] if self.signed_grid else unsigned_range(self.bits)[1]
 
     @property
     def shift(self) -> torch.Tensor:
