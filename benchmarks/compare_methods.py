@@ -8,7 +8,8 @@
 The grid, per seed (identical seed and budget for every run; flags after ``--`` go to
 every run, e.g. ``--epochs``, ``--arch``, ``--data-root``):
 
-- ``fp32``: ``python -m qmdd.train --bits 32``; it is also the teacher and the init;
+- ``fp32``: ``python -m qmdd.train --bits 32`` (plus ``--fp32-flags``, e.g. a longer
+  ``--epochs``); it is also the teacher and the init;
 - for each quantizer in {lsq, n2uq, slr}, bits in {3, 2}, block in {plain, cqb} and
   distillation off/on: ``--bits B --quantizer Q --block K --init fp32/best.pt``
   [``--teacher fp32/best.pt``]. Every low-bit run starts from the FP32 weights (the usual
@@ -74,12 +75,14 @@ def grid(bits: list[int], quantizers: list[str], blocks: list[str], distill: lis
     return methods
 
 
-def run_one(method: Method, out: Path, seed: int, fp32_checkpoint: Path, init: bool, extra: list[str]) -> dict:
+def run_one(method: Method, out: Path, seed: int, fp32_checkpoint: Path, init: bool, extra: list[str], fp32_extra: list[str] = ()) -> dict:
     """Train (or resume, or skip) one run; returns its metrics with the wall time added."""
     metrics_file = out / "metrics.json"
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())
     command = [sys.executable, "-m", "qmdd.train", *method.flags(fp32_checkpoint, init), "--seed", str(seed), "--out", str(out), *extra]
+    if method.bits == 32:
+        command += fp32_extra  # later flags win in argparse
     if (out / "last.pt").is_file():
         command.append("--resume")
     print(f"[compare] {' '.join(command)}", flush=True)
@@ -161,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", nargs="+", default=["plain", "cqb"], choices=["plain", "cqb"])
     parser.add_argument("--distill", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--no-init", action="store_true", help="train low-bit runs from scratch instead of from the FP32 weights")
+    parser.add_argument("--fp32-flags", default="", help="extra qmdd.train flags for the FP32 run only, after the shared ones (e.g. '--epochs 30': the init and teacher trained longer than the low-bit fine-tuning)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
     parser.add_argument("--write-doc", action="store_true", help=f"write the table into {DOC.relative_to(REPO)}")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to every qmdd.train run, after --")
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         fp32_checkpoint = out / f"seed{seed}" / "fp32" / "best.pt"
         for method in methods:  # fp32 first: it is the teacher and the init of the others
-            results[method].append(run_one(method, out / f"seed{seed}" / method.name, seed, fp32_checkpoint, not args.no_init, extra))
+            results[method].append(run_one(method, out / f"seed{seed}" / method.name, seed, fp32_checkpoint, not args.no_init, extra, args.fp32_flags.split()))
     table = summarise(results)
     print(table)
     if args.write_doc:

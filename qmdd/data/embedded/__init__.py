@@ -15,7 +15,7 @@ Command line::
 Families, split, sizes, baselines and photo licences: docs/benchmark.md.
 """
 
-from qmdd.data.embedded._baselines import histogram_baseline_ap, spectral_probe_auc
+from qmdd.data.embedded._baselines import histogram_baseline_ap, spectral_probe, spectral_probe_auc
 from qmdd.data.embedded._builder import (
     EMBEDDED_VERSION,
     FAMILIES,
@@ -40,5 +40,6 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "histogram_baseline_ap",
+    "spectral_probe",
     "spectral_probe_auc",
 ]

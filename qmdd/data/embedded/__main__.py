@@ -2,7 +2,7 @@
 
     python -m qmdd.data.embedded                                  # into the cache; prints the root
     python -m qmdd.data.embedded --out /tmp/embedded              # into a folder
-    python -m qmdd.data.embedded --out /tmp/embedded --baselines  # + histogram AP, probe AUC
+    python -m qmdd.data.embedded --out /tmp/embedded --baselines  # + histogram AP, probe AP and AUC
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from qmdd.data.embedded._baselines import histogram_baseline_ap, spectral_probe_auc
+from qmdd.data.embedded._baselines import histogram_baseline_ap, spectral_probe
 from qmdd.data.embedded._builder import SEEN_FAMILY, build_embedded_benchmark
 
 
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the number of images per split")
     parser.add_argument("--force", action="store_true", help="rebuild even if a complete build exists")
     parser.add_argument("--baselines", action="store_true",
-                        help="also fit the colour-histogram baseline (AP) and the spectral probe (AUC)")
+                        help="also fit the colour-histogram baseline (AP) and the spectral probe (AP and AUC)")
     parser.add_argument("--json", action="store_true", help="print the baseline numbers as JSON")
     args = parser.parse_args(argv)
 
@@ -33,14 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{root}  ({time.perf_counter() - start:.1f} s)")
     if args.baselines:
-        results = {"histogram_ap": histogram_baseline_ap(root), "probe_auc": spectral_probe_auc(root)}
+        probe = spectral_probe(root)
+        results = {
+            "histogram_ap": histogram_baseline_ap(root),
+            "probe_ap": {family: values["ap"] for family, values in probe.items()},
+            "probe_auc": {family: values["auc"] for family, values in probe.items()},
+        }
         if args.json:
             print(json.dumps(results, indent=2))
         else:
-            print(f"{'test family':18s} {'histogram AP':>12s} {'probe AUC':>10s}")
+            print(f"{'test family':18s} {'histogram AP':>12s} {'probe AP':>9s} {'probe AUC':>10s}")
             for family in results["histogram_ap"]:
                 marker = " (seen)" if family == SEEN_FAMILY else ""
-                print(f"{family:18s} {results['histogram_ap'][family]:12.3f} {results['probe_auc'][family]:10.3f}{marker}")
+                print(f"{family:18s} {results['histogram_ap'][family]:12.3f} {results['probe_ap'][family]:9.3f} {results['probe_auc'][family]:10.3f}{marker}")
             unseen = [f for f in results["histogram_ap"] if f != SEEN_FAMILY]
             for name, table in results.items():
                 mean = sum(table[f] for f in unseen) / max(1, len(unseen))
