@@ -10,6 +10,8 @@ Examples::
     python -m qmdd.train --bits 2 --quantizer slr --block cqb \\
         --init runs/fp32/best.pt --teacher runs/fp32/best.pt   # QMDD: SLR + CQB + distillation
     python -m qmdd.train --set train.weight_decay=1e-4 --set quant.first_layer_bits=8
+    python -m qmdd.train --bits 2 --amp bf16            # bfloat16 autocast (GPU, or CPU with bf16)
+    torchrun --nproc_per_node 2 -m qmdd.train --bits 2  # DDP: 2 processes (gloo on CPU, NCCL on GPU)
 
 Outputs go to ``--out`` (default ``runs/<time>-<arch>-<bits>``): ``config.yaml``,
 TensorBoard events (``tensorboard --logdir runs``), ``last.pt``/``best.pt`` and
@@ -19,6 +21,7 @@ TensorBoard events (``tensorboard --logdir runs``), ``last.pt``/``best.pt`` and
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -43,6 +46,7 @@ _SHORTCUTS = {
     "data_root": "data.root",
     "classes": "data.classes",
     "workers": "data.num_workers",
+    "amp": "train.amp",
 }
 
 
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", help="ForenSynths-layout folder (train/ val/ test/); default: embedded benchmark")
     parser.add_argument("--classes", help="comma-separated training classes, e.g. car,cat,chair,horse")
     parser.add_argument("--workers", type=int, help="data-loader worker processes")
+    parser.add_argument("--amp", help="mixed precision: none (default) or bf16 (bfloat16 autocast)")
     parser.add_argument("--out", help="run folder (default runs/<time>-<arch>-<bits>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set train.weight_decay=1e-4 (repeatable; see --list-keys)")
@@ -107,13 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from qmdd.data import DataLayoutError, ImageLoadError
     from qmdd.training import CheckpointError, RunError, run
+    from qmdd.training._distributed import environment_world_size, leave_process_group
 
+    # Under torchrun, ranks other than 0 print nothing but errors.
+    rank = int(os.environ.get("RANK", "0")) if environment_world_size() > 1 else 0
     try:
         metrics = run(config, resume=args.resume)
     except (RunError, CheckpointError, DataLayoutError, ImageLoadError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    _print_summary(metrics)
+    finally:
+        leave_process_group()
+    if rank == 0:
+        _print_summary(metrics)
     return 0
 
 

@@ -37,6 +37,10 @@ def unsigned_range(bits: int) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+#: Input dtypes a quantizer computes in FP32 (mixed precision, ``train.amp``).
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
 class NotCalibratedError(RuntimeError):
     """A quantizer was used before :func:`qmdd.quant.calibrate` initialised it."""
 
@@ -95,6 +99,11 @@ class Quantizer(nn.Module):
                 "qmdd.quant.calibrate(model, batches) after quantize() and before training, "
                 "or load a calibrated checkpoint"
             )
+        if x.dtype in _HALF_DTYPES:
+            # Under autocast (train.amp) inputs arrive in 16-bit floats: quantize in FP32,
+            # so the grid (steps, thresholds, logs) and the step gradients (sums over ~10^6
+            # elements) keep FP32 precision; the levels go back in the input's dtype.
+            return self.quantize(x.float()).to(x.dtype)
         return self.quantize(x)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:

@@ -10,6 +10,7 @@ from torch.utils.tensorboard import SummaryWriter
 from qmdd.config import RunConfig
 from qmdd.metrics import BinaryMetrics
 from qmdd.quant import quantized_layers
+from qmdd.training._distributed import all_reduce_mean
 from qmdd.training._loop import Callback, Trainer
 from qmdd.training.checkpoint import save_checkpoint
 
@@ -49,7 +50,10 @@ class EarlyStopping(Callback):
 
 
 class Checkpointer(Callback):
-    """Writes ``last.pt`` after every epoch and ``best.pt`` when validation improves."""
+    """Writes ``last.pt`` after every epoch and ``best.pt`` when validation improves.
+
+    Under DDP only rank 0 is given one: the ranks hold identical models.
+    """
 
     def __init__(self, out_dir: Path, config: RunConfig) -> None:
         self.out_dir, self.config = out_dir, config
@@ -72,18 +76,27 @@ class Checkpointer(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Training loss and lr per step, validation metrics and quantizer steps per epoch."""
+    """Training loss and lr per step, validation metrics and quantizer steps per epoch.
 
-    def __init__(self, writer: SummaryWriter, log_every: int) -> None:
+    Under DDP every rank runs it (the logged loss is the mean over ranks, an all-reduce
+    every ``log_every`` steps that all ranks must join) but only rank 0 has a ``writer``;
+    the others pass None.
+    """
+
+    def __init__(self, writer: SummaryWriter | None, log_every: int) -> None:
         self.writer, self.log_every = writer, log_every
 
     def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
         step = trainer.state.step
         if step % self.log_every == 0:
-            self.writer.add_scalar("train/loss", float(loss), step)
-            self.writer.add_scalar("train/lr", trainer.state.lr, step)
+            loss = all_reduce_mean(loss, trainer.dist)
+            if self.writer is not None:
+                self.writer.add_scalar("train/loss", float(loss), step)
+                self.writer.add_scalar("train/lr", trainer.state.lr, step)
 
     def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
+        if self.writer is None:
+            return
         step = trainer.state.step
         for name in ("ap", "acc", "real_acc", "fake_acc"):
             self.writer.add_scalar(f"val/{name}", getattr(val, name), step)
@@ -96,4 +109,5 @@ class TensorBoardLogger(Callback):
         self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()

@@ -4,34 +4,77 @@ The loop itself only trains an epoch, validates, and hands the result to its cal
 order; everything else (TensorBoard, early stopping with lr drops, checkpoints) is a
 callback, so new behaviour (pruning levels, distillation logging) plugs in without touching
 the loop.
+
+The same loop runs as one process or as one rank of a DistributedDataParallel group
+(``dist``, see :mod:`qmdd.training._distributed`): each rank trains on its shard of every
+global batch, validation predictions are gathered from all ranks, and callbacks see the
+same validation metrics on every rank.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from qmdd.data.folder import ImageSet
 from qmdd.metrics import BinaryMetrics, binary_metrics
+from qmdd.training._distributed import (
+    SINGLE_PROCESS,
+    DistContext,
+    any_rank,
+    epoch_torch_seed,
+    gather_in_order,
+    shard_indices,
+    wrap_data_parallel,
+)
 
-__all__ = ["TrainState", "Callback", "Trainer", "EpochShuffleSampler", "predict", "bce_loss", "LossFn"]
+__all__ = [
+    "TrainState",
+    "Callback",
+    "Trainer",
+    "EpochShuffleSampler",
+    "predict",
+    "bce_loss",
+    "LossFn",
+    "AMP_DTYPES",
+    "autocast",
+]
 
 #: ``loss_fn(model, images, labels) -> scalar loss``; labels are float {0, 1}.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: ``train.amp`` -> the autocast dtype (None: full FP32). bf16 needs no loss scaling: it
+#: keeps FP32's exponent range, so gradients neither underflow nor overflow.
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16}
+
+# Steps between host-device synchronisations in the hot loop (the non-finite-loss check
+# and the progress-bar loss): reading a CUDA tensor waits for the GPU, so doing it every
+# step would stall the queue of kernels the CPU has launched ahead.
+_SYNC_EVERY = 10
 
 
 def bce_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """CNNDetection's loss: binary cross-entropy on the single logit."""
     logits = model(images).squeeze(1)
-    return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    # In FP32 also under autocast: the log-sigmoid of a bf16 logit loses the small losses.
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+
+
+def autocast(device: torch.device, amp: str) -> ContextManager:
+    """The mixed-precision context of ``train.amp`` on ``device`` (a no-op for ``none``)."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -57,7 +100,11 @@ class TrainState:
 
 
 class Callback:
-    """Hooks the loop calls; override what you need. ``trainer`` gives full access."""
+    """Hooks the loop calls; override what you need. ``trainer`` gives full access.
+
+    Under DDP every rank runs every callback; ``trainer.dist.is_main`` tells rank 0, the
+    one that should write files.
+    """
 
     def on_fit_start(self, trainer: "Trainer") -> None:
         pass
@@ -73,38 +120,148 @@ class Callback:
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """A fresh permutation per epoch, seeded by ``(seed, epoch)``: resumable by construction."""
+    """A fresh permutation per epoch, seeded by ``(seed, epoch)``: resumable by construction.
 
-    def __init__(self, size: int, seed: int) -> None:
+    With ``world_size > 1`` every rank draws the *same* permutation and takes every
+    ``world_size``-th entry from position ``rank``, so the ranks' batches of step t are
+    together the global batch a single process would take at step t. The permutation is
+    cut to a multiple of ``world_size`` (at most world_size - 1 images, a different few
+    each epoch, sit out) so that all ranks take the same number of steps.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside 0..{world_size - 1}")
         self.size, self.seed, self.epoch = size, seed, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.size).tolist())
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size)
+        if self.world_size > 1:
+            order = order[self.rank : self.size - self.size % self.world_size : self.world_size]
+        return iter(order.tolist())
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.world_size if self.world_size > 1 else self.size
+
+
+class _EpochTaggedSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)``: the epoch travels with every index to the loader workers.
+
+    Persistent workers hold their own copy of the dataset, made when they start, so
+    ``ImageSet.set_epoch`` in the main process would not reach them; tagging each index
+    keeps augmentation seeded by (seed, epoch, index) while the workers live across epochs.
+    """
+
+    def __init__(self, sampler: EpochShuffleSampler) -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class _EpochIndexed(Dataset):
+    """``dataset[(epoch, index)]`` = ``dataset[index]`` as augmented in that epoch."""
+
+    def __init__(self, dataset: ImageSet) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        if self.dataset.epoch != epoch:
+            self.dataset.set_epoch(epoch)  # this process's copy: a worker's or the main one
+        return self.dataset[index]
+
+
+def _loader_options(device: torch.device, num_workers: int) -> dict[str, Any]:
+    """DataLoader options for speed: page-locked batches for async CUDA copies, and
+    workers that live across epochs (no process start-up per epoch)."""
+    options: dict[str, Any] = {"num_workers": num_workers, "pin_memory": device.type == "cuda"}
+    if num_workers > 0:
+        options["persistent_workers"] = True
+    return options
+
+
+def _eval_loader(dataset: ImageSet, batch_size: int, device: torch.device, num_workers: int, dist: DistContext, persistent: bool = False) -> DataLoader:
+    """Loader over this rank's shard of ``dataset``, in order, yielding indices too."""
+    indices = shard_indices(len(dataset), dist)
+    options = _loader_options(device, num_workers)
+    if not persistent:
+        options.pop("persistent_workers", None)
+    return DataLoader(_WithIndex(dataset), batch_size=batch_size, sampler=indices, **options)
+
+
+class _WithIndex(Dataset):
+    """``(image, label, index)``: the index puts gathered predictions back in order."""
+
+    def __init__(self, dataset: ImageSet) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, label, index
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: ImageSet, batch_size: int, device: torch.device, num_workers: int = 0, desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and fake probabilities ``sigmoid(logit)`` for every image of ``dataset``."""
+def predict(
+    model: nn.Module,
+    dataset: ImageSet,
+    batch_size: int,
+    device: torch.device,
+    num_workers: int = 0,
+    desc: str | None = None,
+    *,
+    dist: DistContext = SINGLE_PROCESS,
+    amp: str = "none",
+    loader: DataLoader | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and fake probabilities ``sigmoid(logit)`` for every image of ``dataset``.
+
+    Under DDP each rank predicts its shard and the shards are gathered, so every rank
+    returns the whole set in dataset order and AP is computed over all of it, exactly.
+    ``loader`` reuses a loader from an earlier call (one made by this module for the same
+    dataset and rank).
+    """
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    labels, scores = [], []
-    for images, batch_labels in tqdm(loader, desc=desc or dataset.name, leave=False, disable=None):
-        logits = model(images.to(device, non_blocking=True)).squeeze(1)
-        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
-        labels.append(batch_labels.numpy())
+    if loader is None:
+        loader = _eval_loader(dataset, batch_size, device, num_workers, dist)
+    labels, scores, indices = [], [], []
+    with autocast(device, amp):
+        for images, batch_labels, batch_indices in tqdm(loader, desc=desc or dataset.name, leave=False, disable=None if dist.is_main else True):
+            logits = model(images.to(device, non_blocking=True)).squeeze(1)
+            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            labels.append(batch_labels.numpy())
+            indices.append(batch_indices.numpy())
     model.train(was_training)
-    return np.concatenate(labels), np.concatenate(scores)
+    empty = np.zeros(0)
+    local = [np.concatenate(x) if x else empty for x in (indices, labels, scores)]
+    ordered_labels, ordered_scores = gather_in_order(local[0], local[1].astype(np.int64), local[2].astype(np.float32), size=len(dataset), ctx=dist)
+    return ordered_labels, ordered_scores
 
 
 class Trainer:
-    """Trains ``model`` on ``train_set``, validating on ``val_set`` after every epoch."""
+    """Trains ``model`` on ``train_set``, validating on ``val_set`` after every epoch.
+
+    ``batch_size`` is the global batch: under DDP (``dist.world_size`` ranks) each rank
+    takes batch_size / world_size images per step. ``model`` stays the plain module (what
+    callbacks, checkpoints and evaluation see); :attr:`train_model` is what the training
+    step calls: ``model`` itself, or its DDP wrapper, built at the start of :meth:`fit`
+    (after calibration, reference.md §7).
+    """
 
     def __init__(
         self,
@@ -120,33 +277,51 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         loss_fn: LossFn = bce_loss,
         num_workers: int = 0,
+        dist: DistContext = SINGLE_PROCESS,
+        amp: str = "none",
+        sync_batchnorm: bool = False,
     ) -> None:
+        if batch_size % dist.world_size:
+            raise ValueError(
+                f"batch size {batch_size} (global) must be a multiple of the {dist.world_size} processes"
+            )
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {list(AMP_DTYPES)}, got {amp!r}")
         self.model = model
         self.optimizer = optimizer
         self.train_set = train_set
         self.val_set = val_set
         self.batch_size = batch_size
         self.device = device
+        self.seed = seed
         self.state = state or TrainState(lr=optimizer.param_groups[0]["lr"])
         self.callbacks = list(callbacks)
         self.loss_fn = loss_fn
         self.num_workers = num_workers
-        self.sampler = EpochShuffleSampler(len(train_set), seed)
+        self.dist = dist
+        self.amp = amp
+        self.sync_batchnorm = sync_batchnorm
+        self.train_model: nn.Module | None = None
+        self.sampler = EpochShuffleSampler(len(train_set), seed, dist.rank, dist.world_size)
+        self._rank_batch = batch_size // dist.world_size
         # Batch-norm cannot train on a batch of one: drop the ragged tail when it could be.
-        self._drop_last = len(train_set) > batch_size
+        self._drop_last = len(self.sampler) > self._rank_batch
+        self._train_loader: DataLoader | None = None
+        self._val_loader: DataLoader | None = None
 
     def train_loader(self, epoch: int) -> DataLoader:
+        """This rank's loader for ``epoch`` (one loader whose workers live across epochs)."""
         self.sampler.set_epoch(epoch)
         self.train_set.set_epoch(epoch)
-        return DataLoader(
-            self.train_set,
-            batch_size=self.batch_size,
-            sampler=self.sampler,
-            num_workers=self.num_workers,
-            drop_last=self._drop_last,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,  # the dataset's epoch must reach the workers
-        )
+        if self._train_loader is None:
+            self._train_loader = DataLoader(
+                _EpochIndexed(self.train_set),
+                batch_size=self._rank_batch,
+                sampler=_EpochTaggedSampler(self.sampler),
+                drop_last=self._drop_last,
+                **_loader_options(self.device, self.num_workers),
+            )
+        return self._train_loader
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -155,6 +330,8 @@ class Trainer:
 
     def fit(self, epochs: int) -> TrainState:
         self.set_lr(self.state.lr)
+        if self.train_model is None:
+            self.train_model = wrap_data_parallel(self.model, self.dist, self.device, self.sync_batchnorm)
         for callback in self.callbacks:
             callback.on_fit_start(self)
         while self.state.epoch < epochs and not self.state.stopped_early:
@@ -171,27 +348,48 @@ class Trainer:
         return self.state
 
     def _train_epoch(self, epoch: int) -> None:
-        self.model.train()
+        model = self.train_model if self.train_model is not None else self.model
+        model.train()
+        if self.dist.enabled:
+            # Dropout draws differ per rank and are re-derivable on resume (see the helper).
+            torch.manual_seed(epoch_torch_seed(self.seed, epoch, self.dist.rank))
         loader = self.train_loader(epoch)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}", leave=False, disable=None if self.dist.is_main else True)
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        first_unchecked = self.state.step
         for images, labels in bar:
             images = images.to(self.device, non_blocking=True)
             labels = labels.to(self.device, dtype=torch.float32, non_blocking=True)
-            loss = self.loss_fn(self.model, images, labels)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss became {loss.item()} at step {self.state.step}; "
-                    "lower train.lr or check the data"
-                )
+            with autocast(self.device, self.amp):
+                loss = self.loss_fn(model, images, labels)
+            nonfinite |= ~torch.isfinite(loss.detach())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.state.step += 1
             for callback in self.callbacks:
                 callback.on_step_end(self, loss.detach())
-            if self.state.step % 10 == 0:
+            if self.state.step % _SYNC_EVERY == 0:
+                self._check_finite(nonfinite, first_unchecked)
+                first_unchecked = self.state.step
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+        self._check_finite(nonfinite, first_unchecked)
+
+    def _check_finite(self, nonfinite: torch.Tensor, first_step: int) -> None:
+        # Every rank takes the same decision, so none waits in a collective for a peer
+        # that stopped.
+        if any_rank(bool(nonfinite), self.dist):
+            raise FloatingPointError(
+                f"training loss became non-finite between steps {first_step + 1} and "
+                f"{self.state.step}; lower train.lr or check the data"
+            )
 
     def validate(self) -> BinaryMetrics:
-        labels, scores = predict(self.model, self.val_set, self.batch_size, self.device, self.num_workers, desc="val")
+        if self._val_loader is None:
+            # Persistent: the validation workers too live across epochs.
+            self._val_loader = _eval_loader(self.val_set, self.batch_size, self.device, self.num_workers, self.dist, persistent=True)
+        labels, scores = predict(
+            self.model, self.val_set, self.batch_size, self.device, desc="val",
+            dist=self.dist, amp=self.amp, loader=self._val_loader,
+        )
         return binary_metrics(labels, scores)
