@@ -1,9 +1,10 @@
 """Typed, validated run configuration.
 
-A run is described by one :class:`RunConfig`, made of four frozen sections (``data``,
-``model``, ``quant``, ``train``). It is loaded from YAML, overridden from the command line
-with dotted keys (``train.lr=1e-3``), validated field by field, and written back to YAML
-next to every run and into every checkpoint, so a run can always be reproduced.
+A run is described by one :class:`RunConfig`, made of frozen sections (``data``,
+``model``, ``quant``, ``train``, and ``prune`` for ``python -m qmdd.lth``). It is loaded
+from YAML, overridden from the command line with dotted keys (``train.lr=1e-3``), validated
+field by field, and written back to YAML next to every run and into every checkpoint, so a
+run can always be reproduced.
 
 Every field carries its own help text in ``metadata["help"]``: ``python -m qmdd.train
 --list-keys`` prints them, so the documentation cannot drift away from the fields.
@@ -30,6 +31,7 @@ __all__ = [
     "ModelConfig",
     "QuantConfig",
     "TrainConfig",
+    "PruneConfig",
     "RunConfig",
     "SUPPORTED_BITS",
     "FULL_PRECISION",
@@ -276,6 +278,10 @@ class QuantConfig:
         return f"w{self.resolved_weight_bits}a{self.resolved_act_bits}"
 
 
+#: Values of ``train.amp``: no autocast, or autocast to bfloat16.
+_AMP_MODES = ("none", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = _help(
@@ -323,6 +329,17 @@ class TrainConfig:
         "Temperature T of the soft loss T^2 * BCE(sigmoid(z_s/T), sigmoid(z_t/T)).",
         default=4.0,
     )
+    amp: str = _help(
+        "Mixed precision: none (FP32) or bf16 (autocast to bfloat16 on CPU and CUDA; "
+        "weights, optimizer state and quantizer steps stay FP32). Fast on GPUs and CPUs "
+        "with native bf16 (AVX512-BF16/AMX); elsewhere emulated and slower than FP32.",
+        default="none",
+    )
+    sync_bn: bool = _help(
+        "Under torchrun (DDP), normalise BatchNorm with the statistics of the global batch "
+        "(SyncBatchNorm). CUDA only; without it each rank uses its own batch's statistics.",
+        default=False,
+    )
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "early_stop_patience", "log_every"):
@@ -339,6 +356,96 @@ class TrainConfig:
             raise ConfigError(f"train.distill_temperature={self.distill_temperature} must be > 0")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
+        if self.amp not in _AMP_MODES:
+            raise ConfigError(
+                f"train.amp={self.amp!r} is unknown{_suggest(self.amp, _AMP_MODES)}; "
+                f"choose one of {', '.join(_AMP_MODES)}"
+            )
+
+
+#: Values of ``prune.scope``: one magnitude threshold for all prunable weights, or one per layer.
+_PRUNE_SCOPES = ("global", "layer")
+#: Named values of ``prune.rewind``; an integer K (optimizer steps) is the third form.
+_REWIND_NAMES = ("none", "init")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    levels: int = _help(
+        "Pruning levels after the dense level 0 (python -m qmdd.lth). Level k keeps "
+        "(1 - fraction)^k of the prunable weights: 8 levels at 0.2 end at 83% sparsity. "
+        "In a level's own run folder, the number of that level.",
+        default=8,
+    )
+    fraction: float = _help(
+        "Share of the *remaining* prunable weights removed per level, by smallest magnitude "
+        "(a ceil-rounded count, as open_lth). The lottery-ticket papers use 0.2.",
+        default=0.2,
+    )
+    scope: str = _help(
+        "global: one magnitude threshold over all prunable weights (the paper's best); "
+        "layer: each layer loses the same share of its own remaining weights.",
+        default="global",
+    )
+    rewind: str = _help(
+        "Weights a pruned level restarts from: none (keep the previous level's trained "
+        "weights, as arXiv 2507.15636 does), init (the dense run's weights before its first "
+        "step: the original lottery ticket), or an integer K (its weights after K optimizer "
+        "steps: late rewinding).",
+        default="none",
+    )
+    prunable: tuple[str, ...] = _help(
+        "Module-name patterns (fnmatch) of the conv/linear layers whose weights may be "
+        "pruned. Biases, BatchNorm and quantizer steps are never pruned.",
+        default=("*",),
+    )
+    ignore: tuple[str, ...] = _help(
+        "Module-name patterns (fnmatch) kept dense although they match `prunable`, e.g. "
+        "['conv1', 'fc'] for ResNet's first conv and classifier.",
+        default=(),
+    )
+    one_shot: bool = _help(
+        "Also run the one-shot baseline: prune the dense level's trained weights once to the "
+        "sparsity of an IMP level, then retrain with the same budget as that level.",
+        default=False,
+    )
+    one_shot_levels: tuple[int, ...] | None = _help(
+        "IMP levels whose sparsity the one-shot baseline matches (e.g. [7] for 79%). None: "
+        "levels 2..levels (one-shot to level 1 is IMP's level 1: same mask, same start).",
+        default=None,
+    )
+
+    def __post_init__(self) -> None:
+        if self.levels < 0:
+            raise ConfigError(f"prune.levels={self.levels} must be >= 0 (0: the dense level only)")
+        if not 0.0 < self.fraction < 1.0:
+            raise ConfigError(f"prune.fraction={self.fraction} must lie in (0, 1), e.g. 0.2")
+        if self.scope not in _PRUNE_SCOPES:
+            raise ConfigError(
+                f"prune.scope={self.scope!r} is unknown{_suggest(self.scope, _PRUNE_SCOPES)}; "
+                f"choose one of {', '.join(_PRUNE_SCOPES)}"
+            )
+        if self.rewind not in _REWIND_NAMES and not (self.rewind.isdigit()):
+            raise ConfigError(
+                f"prune.rewind={self.rewind!r} must be none, init or a number of optimizer steps "
+                f"(e.g. 500){_suggest(self.rewind, _REWIND_NAMES)}"
+            )
+        if not self.prunable:
+            raise ConfigError("prune.prunable must name at least one pattern ('*' = every conv/linear layer)")
+        if self.one_shot_levels is not None:
+            bad = [level for level in self.one_shot_levels if not 1 <= level <= self.levels]
+            if bad or not self.one_shot_levels:
+                raise ConfigError(
+                    f"prune.one_shot_levels={list(self.one_shot_levels)} must be levels in 1..{self.levels} "
+                    "(prune.levels), or null for all"
+                )
+
+    @property
+    def rewind_step(self) -> int | None:
+        """Optimizer step of the dense run to rewind to: 0 for init, K, or None (no rewind)."""
+        if self.rewind == "none":
+            return None
+        return 0 if self.rewind == "init" else int(self.rewind)
 
 
 @dataclass(frozen=True)
@@ -347,6 +454,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 # --------------------------------------------------------------------------- conversion

@@ -3,7 +3,8 @@
 >>> from qmdd.cost import cost_summary
 >>> cost_summary(model, 224)["ops_ratio"]        # FP32 OPs / this model's OPs
 
-Conventions and sources are in :mod:`qmdd.cost._counters` (reference.md §4).
+Conventions and sources are in :mod:`qmdd.cost._counters` (reference.md §4); the counters
+for pruned models (non-zero parameters, sparse storage) in :mod:`qmdd.cost._sparse`.
 """
 
 from qmdd.cost._counters import (
@@ -24,6 +25,7 @@ from qmdd.cost._counters import (
     storage_bits,
     summary_of,
 )
+from qmdd.cost._sparse import nonzero_parameter_count, sparse_cost_summary, sparse_storage_bits, sparse_weight_bits
 
 __all__ = [
     "BOPS_PER_OP",
@@ -42,4 +44,8 @@ __all__ = [
     "report_to_dict",
     "storage_bits",
     "summary_of",
+    "nonzero_parameter_count",
+    "sparse_cost_summary",
+    "sparse_storage_bits",
+    "sparse_weight_bits",
 ]
