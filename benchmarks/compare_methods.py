@@ -4,6 +4,7 @@
     python benchmarks/compare_methods.py --out runs/compare --write-doc     # + docs/method.md
     python benchmarks/compare_methods.py --out runs/tiny --seeds 0 --bits 2 \\
         --quantizers lsq slr -- --epochs 1 --set data.embedded_scale=0.1   # a smoke test
+    python benchmarks/compare_methods.py --out runs/compare --report-only   # table of what finished
 
 The grid, per seed (identical seed and budget for every run; flags after ``--`` go to
 every run, e.g. ``--epochs``, ``--arch``, ``--data-root``):
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-init", action="store_true", help="train low-bit runs from scratch instead of from the FP32 weights")
     parser.add_argument("--fp32-flags", default="", help="extra qmdd.train flags for the FP32 run only, after the shared ones (e.g. '--epochs 30': the init and teacher trained longer than the low-bit fine-tuning)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs of the grid and leave the others out (a partial grid)")
     parser.add_argument("--write-doc", action="store_true", help=f"write the table into {DOC.relative_to(REPO)}")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="flags passed to every qmdd.train run, after --")
     args = parser.parse_args(argv)
@@ -182,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         fp32_checkpoint = out / f"seed{seed}" / "fp32" / "best.pt"
         for method in methods:  # fp32 first: it is the teacher and the init of the others
+            finished = out / f"seed{seed}" / method.name / "metrics.json"
+            if args.report_only:
+                if finished.is_file():
+                    results[method].append(json.loads(finished.read_text()))
+                continue
             results[method].append(run_one(method, out / f"seed{seed}" / method.name, seed, fp32_checkpoint, not args.no_init, extra, args.fp32_flags.split()))
     table = summarise(results)
     print(table)

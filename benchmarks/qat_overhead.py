@@ -22,6 +22,7 @@ of those per-round ratios (and the median seconds per step).
     python benchmarks/qat_overhead.py --archs resnet18 --rounds 5       # quicker
     python benchmarks/qat_overhead.py --profile qmdd-w2a2 --archs resnet18   # op table
     python benchmarks/qat_overhead.py --quantizers lsq,n2uq,slr --refs none
+    python benchmarks/qat_overhead.py --archs resnet18 --bits 2 --refs none --amp bf16
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch.nn import functional as F
 from qmdd.config import FULL_PRECISION, QuantConfig
 from qmdd.models import create_model
 from qmdd.quant import calibrate, configure_quantizers, plan_precision, quantize
+from qmdd.training._loop import autocast
 
 
 def body_layer_names(model: nn.Module) -> list[str]:
@@ -174,14 +176,17 @@ def qmdd_model(arch: str, bits: int, quantizer: str, images: torch.Tensor) -> nn
 
 
 class Variant:
-    def __init__(self, name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, compile_model: bool = False) -> None:
+    def __init__(self, name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, compile_model: bool = False, amp: str = "none") -> None:
         self.name, self.images, self.labels = name, images, labels
+        self.amp = amp
         self.model = model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-4, fused=True)  # as qmdd.training.run
         self.forward = torch.compile(self.model) if compile_model else self.model
 
     def step(self) -> None:
-        loss = F.binary_cross_entropy_with_logits(self.forward(self.images).squeeze(1), self.labels)
+        with autocast(torch.device("cpu"), self.amp):  # as the training loop under train.amp
+            logits = self.forward(self.images).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), self.labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -190,10 +195,14 @@ class Variant:
 def build_variants(args: argparse.Namespace, arch: str, images: torch.Tensor, labels: torch.Tensor) -> list[Variant]:
     torch.manual_seed(0)
     variants = [Variant("fp32", create_model(arch), images, labels, args.compile)]
+    if args.amp != "none":
+        variants.append(Variant(f"fp32 {args.amp}", create_model(arch), images, labels, args.compile, args.amp))
     for bits in args.bits:
         for quantizer in args.quantizers:
             name = f"qmdd-w{bits}a{bits}" + ("" if quantizer == "lsq" else f"-{quantizer}")
             variants.append(Variant(name, qmdd_model(arch, bits, quantizer, images), images, labels, args.compile))
+            if args.amp != "none":
+                variants.append(Variant(f"{name} {args.amp}", qmdd_model(arch, bits, quantizer, images), images, labels, args.compile, args.amp))
         if "torchao" in args.refs:
             variants.append(Variant(f"torchao-w{bits}a{bits}", torchao_model(arch, bits, images), images, labels))
         if "brevitas" in args.refs and brevitas_available():
@@ -256,6 +265,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the FP32 and qmdd models")
+    parser.add_argument("--amp", default="none", help="also time FP32 and qmdd variants under this autocast (bf16), as train.amp")
     parser.add_argument("--profile", metavar="VARIANT", help="print a torch.profiler op table of this variant's step and exit")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()

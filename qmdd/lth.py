@@ -26,8 +26,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from qmdd.config import ConfigError, describe_keys, load_config
+from qmdd.config import ConfigError, load_config
 from qmdd.train import _SHORTCUTS as _TRAIN_SHORTCUTS
+from qmdd.train import answer_listing, print_config
 from qmdd.train import build_parser as _train_parser
 
 __all__ = ["main", "build_parser"]
@@ -82,13 +83,7 @@ def _default_out(config, transfer: str | None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.list_keys:
-        print(describe_keys())
-        return 0
-    if args.list_models:
-        from qmdd.models import list_models
-
-        print("\n".join(list_models()))
+    if answer_listing(args):
         return 0
     from qmdd.data import DataLayoutError, ImageLoadError
     from qmdd.prune import PruneError, format_rows, format_transfer, run_lottery, run_transfer, summarise
@@ -120,11 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
-
-        from qmdd.config import config_to_dict
-
-        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        print_config(config)
         return 0
     try:
         if args.transfer:

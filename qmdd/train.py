@@ -86,15 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def answer_listing(args: argparse.Namespace) -> bool:
+    """Print what ``--list-keys`` or ``--list-models`` asks for; True if either was given."""
     if args.list_keys:
         print(describe_keys())
-        return 0
+        return True
     if args.list_models:
         from qmdd.models import list_models
 
         print("\n".join(list_models()))
+        return True
+    return False
+
+
+def print_config(config) -> None:
+    """The resolved config as YAML (``--print-config``)."""
+    import yaml
+
+    from qmdd.config import config_to_dict
+
+    print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if answer_listing(args):
         return 0
     overrides = [f"{key}={getattr(args, flag)}" for flag, key in _SHORTCUTS.items() if getattr(args, flag) is not None]
     try:
@@ -103,11 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
-
-        from qmdd.config import config_to_dict
-
-        print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
+        print_config(config)
         return 0
 
     from qmdd.data import DataLayoutError, ImageLoadError
