@@ -1,7 +1,7 @@
 """Compare FP32, LSQ, N2UQ and SLR, with and without CQB and distillation, on one benchmark.
 
     python benchmarks/compare_methods.py --out runs/compare                 # the full grid
-    python benchmarks/compare_methods.py --out runs/compare --write-doc     # + docs/method.md
+    python benchmarks/compare_methods.py --out runs/compare --write-doc     # + docs/results.md
     python benchmarks/compare_methods.py --out runs/tiny --seeds 0 --bits 2 \\
         --quantizers lsq slr -- --epochs 1 --set data.embedded_scale=0.1   # a smoke test
     python benchmarks/compare_methods.py --out runs/compare --report-only   # table of what finished
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DOC = REPO / "docs" / "method.md"
+DOC = REPO / "docs" / "results.md"
 BEGIN, END = "<!-- compare_methods:begin -->", "<!-- compare_methods:end -->"
 
 
@@ -144,7 +144,7 @@ def summarise(results: dict[Method, list[dict]]) -> str:
 
 
 def write_doc(table: str, command: str) -> None:
-    """Replace the generated block under "Results" in docs/method.md (atomically)."""
+    """Replace the generated comparison block in docs/results.md (atomically)."""
     from qmdd.utils import atomic_write_text
 
     text = DOC.read_text()
