@@ -28,7 +28,7 @@ from typing import Sequence
 
 from qmdd.config import ConfigError, load_config
 from qmdd.train import _SHORTCUTS as _TRAIN_SHORTCUTS
-from qmdd.train import answer_listing, print_config
+from qmdd.train import answer_listing, print_config, shortcut_overrides
 from qmdd.train import build_parser as _train_parser
 
 __all__ = ["main", "build_parser"]
@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args) -> list[str]:
-    flags = {**_TRAIN_SHORTCUTS, **_SHORTCUTS}
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in flags.items() if getattr(args, flag, None) is not None]
+    overrides = shortcut_overrides(args, {**_TRAIN_SHORTCUTS, **_SHORTCUTS})
     if args.one_shot:
         overrides.append("prune.one_shot=true")
     return [*overrides, *args.overrides]

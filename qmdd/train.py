@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def shortcut_overrides(args: argparse.Namespace, shortcuts: dict[str, str] = _SHORTCUTS) -> list[str]:
+    """``KEY=VALUE`` overrides for the shortcut flags that were given (before any --set)."""
+    return [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items() if getattr(args, flag, None) is not None]
+
+
 def answer_listing(args: argparse.Namespace) -> bool:
     """Print what ``--list-keys`` or ``--list-models`` asks for; True if either was given."""
     if args.list_keys:
@@ -112,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if answer_listing(args):
         return 0
-    overrides = [f"{key}={getattr(args, flag)}" for flag, key in _SHORTCUTS.items() if getattr(args, flag) is not None]
+    overrides = shortcut_overrides(args)
     try:
         config = load_config(args.config, [*overrides, *args.overrides])
     except ConfigError as error:
