@@ -94,7 +94,8 @@ def storage(checkpoints: list[Path]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for path in checkpoints:
-        model, config = load_detector(path)
+        loaded = load_detector(path)
+        model, config = loaded.model, loaded.config
         cost = sparse_cost_summary(model)
         sparsity_file = path.parent / "sparsity.json"
         sparsity = json.loads(sparsity_file.read_text())["sparsity"] if sparsity_file.is_file() else 0.0

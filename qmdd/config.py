@@ -105,6 +105,14 @@ class DataConfig:
         "Square crop in pixels: random in training, centred in val/test (CNNDetection: 224).",
         default=64,
     )
+    crop_align: int = _help(
+        "Crop offsets (random in training, centred in val/test) are multiples of this many "
+        "pixels, so every crop keeps the phase of a generator's upsampling grid (2 for x2 "
+        "upsampling, 8 also keeps 4x and 8x grids). 1 = any offset. Set 1 on data whose "
+        "reals are JPEG and fakes PNG: an aligned crop also keeps the 8x8 JPEG grid, a "
+        "format shortcut (docs/method.md).",
+        default=8,
+    )
     blur_prob: float = _help("Probability of Gaussian blur augmentation in training.", default=0.1)
     blur_sigma: tuple[float, float] = _help(
         "Range of the blur sigma in pixels, drawn uniformly (CNNDetection: 0-3).",
@@ -131,6 +139,8 @@ class DataConfig:
         _check_range("data.jpeg_quality", *self.jpeg_quality, 1, 100)
         if not 1 <= self.val_jpeg_quality <= 100:
             raise ConfigError(f"data.val_jpeg_quality={self.val_jpeg_quality} must be in 1..100")
+        if self.crop_align < 1:
+            raise ConfigError(f"data.crop_align={self.crop_align} must be >= 1 (1 = any offset)")
         if self.crop_size < 8:
             raise ConfigError(f"data.crop_size={self.crop_size} must be at least 8 pixels")
         if self.load_size is not None and self.load_size < self.crop_size:
@@ -155,14 +165,28 @@ class ModelConfig:
         "Start from torchvision's ImageNet weights (needs them in the torch hub cache).",
         default=False,
     )
+    input_filter: str | None = _help(
+        "Fixed filter in front of the backbone, part of the model: none (the image), "
+        "highpass (prediction-error residual x - blur3x3(x)), npr (neighbouring-pixel "
+        "residual, Tan et al. CVPR 2024) or dwt_hh (the wavelet HH band, SAFE, KDD 2025). "
+        "null: the backbone's own (highpass for trunc_resnet18, npr for npr_resnet50, none "
+        "otherwise). See docs/method.md.",
+        default=None,
+    )
 
     def __post_init__(self) -> None:
-        from qmdd.models import list_models  # local import: models import torch
+        from qmdd.models import list_input_filters, list_models  # local import: models import torch
 
         if self.arch not in list_models():
             raise ConfigError(
                 f"model.arch={self.arch!r} is unknown{_suggest(self.arch, list_models())}; "
                 f"available: {', '.join(list_models())}"
+            )
+        if self.input_filter is not None and self.input_filter not in list_input_filters():
+            raise ConfigError(
+                f"model.input_filter={self.input_filter!r} is unknown"
+                f"{_suggest(self.input_filter, list_input_filters())}; "
+                f"available: {', '.join(list_input_filters())}"
             )
 
 

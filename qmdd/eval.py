@@ -9,6 +9,7 @@ Examples::
         --data-root /data/UniversalFakeDetect --oracle --save-predictions
     python -m qmdd.eval --checkpoint runs/w2/best.pt --suite forensynths --data-root /data/CNNDetection \\
         --blur 1 --jpeg 75                          # robustness: blur, then JPEG, at test time
+    python -m qmdd.eval --checkpoint runs/w2/best.pt --suite embedded --crop-shift 1   # off the grid's phase
     python -m qmdd.eval --checkpoint runs/w2/best.pt --suite embedded   # the embedded benchmark
     python -m qmdd.eval --checkpoint runs/w2/best.pt --suite my_suite.yaml --data-root /data/x
     python -m qmdd.eval --list-suites
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-predictions", action="store_true", help="also write a per-image CSV: set,path,label,score")
     parser.add_argument("--blur", type=float, default=0.0, metavar="SIGMA", help="Gaussian blur sigma in pixels applied to every test image (robustness)")
     parser.add_argument("--jpeg", type=int, metavar="QUALITY", help="re-compress every test image as JPEG at this quality, after --blur (robustness)")
+    parser.add_argument("--crop-shift", type=int, default=0, metavar="PIXELS", help="move the centre crop right and down by this many pixels, off the upsampling grid's phase the detector trained on (a sensitivity check; try 1 and 2)")
     parser.add_argument("--oracle", action="store_true", help="also report the best-threshold accuracy, fitted on the test set (an oracle, labelled as such)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loader worker processes (default min(8, CPUs))")
@@ -105,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             blur_sigma=args.blur,
             jpeg_quality=args.jpeg,
             oracle=args.oracle,
+            crop_shift=args.crop_shift,
         )
         report = evaluate(args.checkpoint, suite, args.data_root, options, labels=args.label)
     except (EvalError, SuiteError, CheckpointError, DataLayoutError) as error:

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(path: str):
     from qmdd.training import load_detector
 
-    model, config = load_detector(path)
+    loaded = load_detector(path)
+    model, config = loaded.model, loaded.config
     return model, config
 
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fp32_state_dict_bytes(arch: str) -> int:
+def fp32_state_dict_bytes(arch: str, input_filter: str | None = None) -> int:
     """Size of ``torch.save`` of the same architecture's FP32 state dict, in bytes."""
     import torch
 
@@ -42,7 +42,7 @@ def fp32_state_dict_bytes(arch: str) -> int:
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "fp32.pt")
-        torch.save(create_model(arch).state_dict(), path)
+        torch.save(create_model(arch, input_filter=input_filter).state_dict(), path)
         return os.path.getsize(path)
 
 
@@ -52,15 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qmdd.training import CheckpointError, load_detector
 
     try:
-        model, config = load_detector(args.checkpoint)
-        stats = save_packed(args.out, model, config)
+        loaded = load_detector(args.checkpoint)
+        model, config = loaded.model, loaded.config
+        stats = save_packed(args.out, model, config, threshold=loaded.threshold)
     except (CheckpointError, PackedFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if not args.out.endswith(FILE_SUFFIX):
         print(f"note: {args.out} does not end in {FILE_SUFFIX}", file=sys.stderr)
-    fp32 = fp32_state_dict_bytes(config.model.arch)
-    print(f"wrote {args.out}: {stats.file_bytes / 1e6:.3f} MB ({config.model.arch} {config.quant.tag})")
+    fp32 = fp32_state_dict_bytes(config.model.arch, config.model.input_filter)
+    print(f"wrote {args.out}: {stats.file_bytes / 1e6:.3f} MB ({config.model.arch} {config.quant.tag}, decision threshold {loaded.threshold:.3f})")
     for encoding, size in sorted(stats.bytes_by_encoding.items()):
         print(f"  {encoding:<18}{size / 1e6:10.3f} MB")
     print(f"  {'header (JSON)':<18}{stats.header_bytes / 1e6:10.3f} MB")

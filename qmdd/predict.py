@@ -6,9 +6,11 @@ Examples::
     python -m qmdd.predict --model model.qmdd some/folder --batch-size 32
     python -m qmdd.predict --model model.qmdd photo.jpg --engine fake-quant   # exact reference
 
-Output: one ``<probability>\\t<path>`` line per image (probability that it is fake, the
-sigmoid of the logit), in the order given (folders: sorted, recursive). Images go through
-the run's test transform (centre crop at ``data.crop_size``).
+Output: one ``<probability>\\t<verdict>\\t<path>`` line per image, in the order given
+(folders: sorted, recursive): the probability that it is fake (the sigmoid of the logit)
+and ``fake`` or ``real``, by the decision threshold stored in the file (fitted on the
+training run's validation set; ``--threshold`` overrides it). Images go through the run's
+test transform (centre crop at ``data.crop_size``).
 
 Engines: ``int8`` (default) converts the low-bit model to PyTorch's x86 int8 backend, with
 the LSQ codes as int8 weights and the LSQ steps as activation scales (see
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=("int8", "fake-quant"), default="int8", help="int8 (fast, default) or fake-quant (exact reference)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threshold", type=float, help="call an image fake when its probability is above this (default: the threshold stored in the file, fitted on validation)")
     return parser
 
 
@@ -59,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
         return 2
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        print("error: --threshold must be a probability in [0, 1]", file=sys.stderr)
+        return 2
     import numpy as np
     import torch
 
@@ -68,7 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, config = load_packed(args.model)
+        loaded = load_packed(args.model)
+        model, config = loaded.model, loaded.config
+        threshold = loaded.threshold if args.threshold is None else args.threshold
         if args.engine == "int8":
             model = to_int8(model, calibration_images(config.data))
     except (PackedFormatError, Int8ConversionError) as error:
@@ -95,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with torch.inference_mode():
             probabilities = torch.sigmoid(model(torch.stack(tensors)).reshape(-1))
         for path, probability in zip(paths, probabilities.tolist()):
-            print(f"{probability:.6f}\t{path}")
+            print(f"{probability:.6f}\t{'fake' if probability > threshold else 'real'}\t{path}")
     return 1 if failures else 0
 
 

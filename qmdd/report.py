@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.checkpoint:
-            model, config = load_detector(args.checkpoint)
+            loaded = load_detector(args.checkpoint)
+            model, config = loaded.model, loaded.config
         else:
             overrides = [f"model.arch={args.arch}"] if args.arch else []
             overrides += [f"quant.bits={args.bits}"] if args.bits is not None else []

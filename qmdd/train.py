@@ -150,14 +150,15 @@ def _print_summary(metrics: dict) -> None:
         return "  n/a" if value is None else f"{100 * value:5.1f}"
 
     print(f"\n{metrics['arch']} {metrics['quant']} on {metrics['benchmark']} (best epoch {metrics['best_epoch']}):")
-    print(f"{'test set':<22}{'AP':>7}{'Acc':>7}{'real':>7}{'fake':>7}")
+    print(f"{'test set':<22}{'AP':>7}{'Acc':>7}{'real':>7}{'fake':>7}{'Acc@thr':>9}")
     rows = list(metrics["test"].items())
     for label in ("seen", "mean_unseen"):
         if label in metrics:
             rows.append((f"[{label}]", metrics[label]))
     for name, m in rows:
         marker = " (seen)" if name == metrics.get("seen_family") else ""
-        print(f"{name + marker:<22}{pct(m['ap']):>7}{pct(m['acc']):>7}{pct(m['real_acc']):>7}{pct(m['fake_acc']):>7}")
+        print(f"{name + marker:<22}{pct(m['ap']):>7}{pct(m['acc']):>7}{pct(m['real_acc']):>7}{pct(m['fake_acc']):>7}{pct(m.get('cal_acc')):>9}")
+    print(f"Acc at 0.5; Acc@thr at the threshold fitted on validation ({metrics['threshold']:.3f}), stored in the checkpoint")
     print(f"train time {metrics['train_time_s']:.0f} s; metrics in {metrics['run_dir']}/metrics.json")
 
 

@@ -88,7 +88,8 @@ def test_torchrun_trains_with_rank_0_writing(tiny_root, tmp_path):
     from qmdd.config import DataConfig
     from qmdd.data import build_training_data
 
-    model, config = load_detector(out / "best.pt")
+    loaded = load_detector(out / "best.pt")
+    model, config = loaded.model, loaded.config
     data = build_training_data(DataConfig(root=str(tiny_root), crop_size=24), seed=config.train.seed)
     labels, scores = predict(model, data.test["unseen"], 16, torch.device("cpu"))
     assert metrics["test"]["unseen"]["ap"] == pytest.approx(binary_metrics(labels, scores).ap, abs=1e-6)

@@ -278,7 +278,8 @@ def test_pruned_weights_are_zero_in_checkpoints_and_after_quantization(experimen
     out, _, _ = experiment
     folder = level_dir(out, "imp", 2)
     mask = Mask.load(folder / "mask.pt")
-    model, config = load_detector(folder / "best.pt")
+    loaded = load_detector(folder / "best.pt")
+    model, config = loaded.model, loaded.config
     assert config.prune.levels == 2 and config.quant.bits == 2
     layers = dict(model.named_modules())
     kinds = set()

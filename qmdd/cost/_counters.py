@@ -12,6 +12,9 @@ al. ECCV 2020):
 * **FLOPs** of a full-precision layer = MACs (one FLOP per multiply-accumulate, the
   Bi-Real/ReActNet reading). A layer whose weights or inputs stay at 32 bits counts here.
 * **OPs** = BOPs / 64 + FLOPs.
+* **Input filter** (``model.input_filter``, e.g. NPR): a parameter-free elementwise map in
+  full precision; its arithmetic operations per image count as FLOPs, in a row of its own
+  (``kind`` ``filter``, 0 MACs), and in the FP32 baseline's OPs too.
 * **Storage**: every tensor of the state dict; quantized conv/linear weights at their bit
   width, pruning masks (``*_mask`` buffers from ``torch.nn.utils.prune``) at 1 bit per
   element, everything else (first/last layers, biases, BatchNorm, quantizer steps) at 32
@@ -31,6 +34,7 @@ import torch
 from torch import nn
 
 from qmdd.config import FULL_PRECISION
+from qmdd.models import InputFilter
 from qmdd.quant import Quantizer, quantized_layers
 
 __all__ = [
@@ -65,7 +69,7 @@ class LayerCost:
 
     Attributes:
         name: module path.
-        kind: ``conv`` or ``linear``.
+        kind: ``conv``, ``linear`` or ``filter`` (the input filter: FLOPs only).
         shape: e.g. ``3x3 64->64 s1 g1`` (kernel, channels, stride, groups).
         weight_bits, act_bits: bit widths of the weights and of the layer input (32 = FP).
         params: weights plus bias elements.
@@ -133,8 +137,8 @@ class CostReport:
 
     @property
     def fp32_ops(self) -> float:
-        """OPs of the same architecture in FP32: every MAC is one FLOP."""
-        return float(self.macs)
+        """OPs of the same architecture in FP32: every MAC is one FLOP, plus the filter's."""
+        return float(self.macs + sum(layer.flops for layer in self.layers if layer.kind == "filter"))
 
     @property
     def ops_ratio(self) -> float:
@@ -193,11 +197,21 @@ def _count_macs(model: nn.Module, input_size: tuple[int, int, int]) -> dict[str,
 
         return record
 
+    def filter_hook(name: str):
+        def record(module: InputFilter, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            per_image = inputs[0].numel() // inputs[0].shape[0]
+            counts[name] = counts.get(name, 0) + round(per_image * module.flops_per_element)
+
+        return record
+
     handles = []
     for name, module in model.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             counts[name] = 0
             handles.append(module.register_forward_hook(hook(name)))
+        elif isinstance(module, InputFilter):
+            counts[name] = 0
+            handles.append(module.register_forward_hook(filter_hook(name)))
     quantizers = [m for m in model.modules() if isinstance(m, Quantizer)]
     saved_enabled = [q.enabled for q in quantizers]
     was_training = model.training
@@ -247,6 +261,9 @@ def count_costs(model: nn.Module, input_size: int | Sequence[int]) -> CostReport
     claimed: set[str] = set()
     layers = []
     for name, module in model.named_modules():
+        if isinstance(module, InputFilter):
+            layers.append(_filter_cost(name, module, mac_counts.get(name, 0)))
+            continue
         if not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         weight_bits, act_bits = bits.get(name, (FULL_PRECISION, FULL_PRECISION))
@@ -288,6 +305,14 @@ def count_costs(model: nn.Module, input_size: int | Sequence[int]) -> CostReport
         other_params=parameter_count(model) - layer_params,
         other_storage_bits=other_storage,
         fp32_storage_bits=fp32_storage_bits(model),
+    )
+
+
+def _filter_cost(name: str, module: InputFilter, filter_flops: int) -> LayerCost:
+    """The input filter as a row: no parameters, no MACs, its operations as FP32 FLOPs."""
+    return LayerCost(
+        name=name, kind="filter", shape=module.name, weight_bits=FULL_PRECISION, act_bits=FULL_PRECISION,
+        params=0, macs=0, bops=0, flops=filter_flops, storage_bits=0,
     )
 
 

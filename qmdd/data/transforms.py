@@ -22,7 +22,7 @@ from PIL import Image, ImageFilter
 
 from qmdd.config import DataConfig
 
-__all__ = ["DetectorTransform", "gaussian_blur", "jpeg_compress", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["DetectorTransform", "gaussian_blur", "jpeg_compress", "aligned_offset", "centred_offset", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,13 +62,20 @@ class DetectorTransform:
         mode: ``train`` (random blur/JPEG, random crop, flip), ``val`` (fixed blur sigma
             and JPEG quality at the training probabilities, centre crop) or ``test``
             (centre crop only, no resize unless ``load_size`` is set).
+        crop_shift: pixels added to both offsets of the centre crop (val/test), to see how
+            a detector reacts when its input is off the upsampling grid's phase.
+
+    Crop offsets are multiples of ``config.crop_align`` (the centre crop's rounded down).
     """
 
-    def __init__(self, config: DataConfig, mode: Mode) -> None:
+    def __init__(self, config: DataConfig, mode: Mode, crop_shift: int = 0) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"mode must be train, val or test, got {mode!r}")
+        if crop_shift and mode == "train":
+            raise ValueError("crop_shift moves the centre crop of val/test; training crops are random")
         self.config = config
         self.mode = mode
+        self.crop_shift = crop_shift
         self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
@@ -98,8 +105,23 @@ class DetectorTransform:
         size = self.config.crop_size
         width, height = image.size
         if self.mode == "train":
-            left = int(rng.integers(0, width - size + 1))
-            top = int(rng.integers(0, height - size + 1))
+            left, top = aligned_offset(width - size, self.config.crop_align, rng), aligned_offset(height - size, self.config.crop_align, rng)
         else:
-            left, top = (width - size) // 2, (height - size) // 2
+            align, shift = self.config.crop_align, self.crop_shift
+            left, top = centred_offset(width - size, align, shift), centred_offset(height - size, align, shift)
         return image.crop((left, top, left + size, top + size))
+
+
+def aligned_offset(slack: int, align: int, rng: np.random.Generator) -> int:
+    """A random crop offset in ``[0, slack]`` that is a multiple of ``align``, all equally likely.
+
+    Keeps the phase of a generator's upsampling grid (its period divides ``align``), which
+    a random offset would change from crop to crop (docs/method.md).
+    """
+    return int(rng.integers(0, slack // align + 1)) * align
+
+
+def centred_offset(slack: int, align: int, shift: int = 0) -> int:
+    """The centre crop's offset, rounded down to a multiple of ``align``, plus ``shift`` px
+    (clamped to the image): ``shift`` moves the test crop off the grid's phase on purpose."""
+    return min(max((slack // 2) // align * align + shift, 0), slack)

@@ -22,7 +22,7 @@ import struct
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,9 +30,13 @@ from torch import nn
 
 import qmdd
 from qmdd.config import FULL_PRECISION, ConfigError, RunConfig, config_from_dict, config_to_dict
+from qmdd.metrics import DEFAULT_THRESHOLD
 from qmdd.quant import LSQWeightQuantizer, quantized_layers
 from qmdd.quant._lsq import _MIN_STEP  # the step floor LSQ's forward applies; decoding must match
 from qmdd.utils import atomic_write
+
+if TYPE_CHECKING:
+    from qmdd.training import LoadedDetector
 
 __all__ = [
     "FORMAT_NAME",
@@ -174,12 +178,16 @@ def _encode_tensor(key: str, tensor: torch.Tensor) -> tuple[dict[str, Any], byte
     raise PackedFormatError(f"cannot export tensor {key!r} of dtype {tensor.dtype}: supported are float, int64, bool")
 
 
-def save_packed(path: str | Path, model: nn.Module, config: RunConfig) -> PackedStats:
+def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold: float = DEFAULT_THRESHOLD) -> PackedStats:
     """Write ``model`` (built from ``config`` and calibrated) as a QMDD packed model, atomically.
 
     The quantized weights are stored as their integer codes; loading gives weights equal to
     ``code * step``, so the loaded model's outputs equal the fake-quant model's exactly.
+    ``threshold``: the decision threshold on ``sigmoid(logit)`` (the checkpoint's,
+    fitted on validation), stored in the header for ``qmdd.predict``.
     """
+    if not 0.0 <= threshold <= 1.0:
+        raise PackedFormatError(f"threshold {threshold} is not a probability in [0, 1]")
     from qmdd.quant import Quantizer
 
     uncalibrated = [name for name, m in model.named_modules() if isinstance(m, Quantizer) and not m.calibrated]
@@ -214,6 +222,7 @@ def save_packed(path: str | Path, model: nn.Module, config: RunConfig) -> Packed
         "format": _HEADER_FORMAT,
         "qmdd_version": qmdd.__version__,
         "config": config_to_dict(config),
+        "threshold": float(threshold),
         "data_bytes": len(data),
         "data_crc32": zlib.crc32(data),
         "tensors": entries,
@@ -393,14 +402,23 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], d
     return config, state, header
 
 
-def load_packed(path: str | Path) -> tuple[nn.Module, RunConfig]:
-    """Rebuild the detector stored in a ``.qmdd`` file, in eval mode, with its config."""
+def _header_threshold(path: Path, header: dict[str, Any]) -> float:
+    value = header.get("threshold", DEFAULT_THRESHOLD)  # files written before it existed: 0.5
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise _fail(path, f"header threshold must be a probability in [0, 1], got {value!r}")
+    return float(value)
+
+
+def load_packed(path: str | Path) -> "LoadedDetector":
+    """Rebuild the detector stored in a ``.qmdd`` file, in eval mode, with its config and
+    decision threshold."""
     from torch.nn.utils import prune
 
-    from qmdd.training import build_detector
+    from qmdd.training import LoadedDetector, build_detector
 
     path = Path(path)
-    config, state, _ = read_packed(path)
+    config, state, header = read_packed(path)
+    threshold = _header_threshold(path, header)
     model = build_detector(replace(config, model=replace(config.model, pretrained=False)))
     # Pruned layers (torch.nn.utils.prune) store weight_orig + weight_mask: re-attach the masks.
     for key, mask in state.items():
@@ -415,5 +433,5 @@ def load_packed(path: str | Path) -> tuple[nn.Module, RunConfig]:
     except RuntimeError as error:
         raise _fail(path, f"tensors do not match the {config.model.arch} architecture: {error}") from None
     model.eval()
-    return model, config
+    return LoadedDetector(model, config, threshold)
 

@@ -20,7 +20,8 @@ from qmdd.utils import atomic_write_text
 __all__ = ["format_table", "markdown_table", "report_dict", "write_reports", "log_tensorboard", "PREDICTION_COLUMNS"]
 
 PREDICTION_COLUMNS = ("set", "path", "label", "score")
-_METRIC_FIELDS = ("ap", "acc", "real_acc", "fake_acc")
+_METRIC_FIELDS = ("ap", "acc", "real_acc", "fake_acc", "cal_acc")
+_CAL_HEADER = "Acc@val-thr"
 
 
 def _pct(value: float | None) -> str:
@@ -54,7 +55,7 @@ def _mean_row(result: CheckpointResult, oracle: bool) -> list[str]:
 
 def _single_rows(report: SuiteReport, result: CheckpointResult) -> tuple[list[str], list[list[str]]]:
     oracle = report.options.oracle
-    header = ["set", "AP", "Acc", "real Acc", "fake Acc", *(["Acc@best (oracle)"] if oracle else []), "n real", "n fake", "skipped", "status"]
+    header = ["set", "AP", "Acc", "real Acc", "fake Acc", _CAL_HEADER, *(["Acc@best (oracle)"] if oracle else []), "n real", "n fake", "skipped", "status"]
     rows = [_set_row(s, oracle) for s in result.sets] + [_mean_row(result, oracle)]
     return header, rows
 
@@ -64,14 +65,14 @@ def _comparison_rows(report: SuiteReport) -> tuple[list[str], list[list[str]]]:
     oracle = report.options.oracle
     header = ["set"]
     for result in report.checkpoints:
-        header += [f"{result.label} AP", f"{result.label} Acc", *([f"{result.label} Acc@best (oracle)"] if oracle else [])]
+        header += [f"{result.label} AP", f"{result.label} Acc", f"{result.label} {_CAL_HEADER}", *([f"{result.label} Acc@best (oracle)"] if oracle else [])]
     header.append("status")
     rows = []
     for position, first in enumerate(report.checkpoints[0].sets):
         row = [first.name]
         for result in report.checkpoints:
             s = result.sets[position]
-            row += [_pct(s.metrics.ap) if s.metrics else "n/a", _pct(s.metrics.acc) if s.metrics else "n/a"]
+            row += [_pct(getattr(s.metrics, f)) if s.metrics else "n/a" for f in ("ap", "acc", "cal_acc")]
             if oracle:
                 row.append(_pct(s.oracle_acc))
         skipped = len(first.skipped)
@@ -80,7 +81,7 @@ def _comparison_rows(report: SuiteReport) -> tuple[list[str], list[list[str]]]:
     mean = [f"mean ({len(report.checkpoints[0].evaluated)}/{len(report.checkpoints[0].sets)} sets)"]
     for result in report.checkpoints:
         m = result.mean
-        mean += [_pct(m.ap) if m else "n/a", _pct(m.acc) if m else "n/a"]
+        mean += [_pct(getattr(m, f)) if m else "n/a" for f in ("ap", "acc", "cal_acc")]
         if oracle:
             mean.append(_pct(result.mean_oracle_acc))
     rows.append([*mean, ""])
@@ -104,6 +105,14 @@ def _title(report: SuiteReport) -> str:
     return f"{report.name}: {models} on {report.resolved.data_dir} ({report.suite.protocol.describe()}{extra})"
 
 
+def _notes(report: SuiteReport) -> list[str]:
+    thresholds = ", ".join(f"{r.label} {r.threshold:.3f}" for r in report.checkpoints)
+    notes = [f"Acc: at 0.5. {_CAL_HEADER}: at the threshold fitted on each checkpoint's validation set ({thresholds})."]
+    if report.options.oracle:
+        notes.append("Acc@best (oracle): accuracy at the best threshold fitted on the test set itself; not a deployable accuracy.")
+    return notes
+
+
 def format_table(report: SuiteReport) -> str:
     """Plain-text table for the terminal (percent, one decimal)."""
     header, rows = _rows(report)
@@ -112,8 +121,7 @@ def format_table(report: SuiteReport) -> str:
     for row in [header, *rows]:
         cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row[:-1], widths))]
         lines.append("  ".join(cells) + ("  " + row[-1] if row[-1] else ""))
-    if report.options.oracle:
-        lines.append("Acc@best (oracle): accuracy at the best threshold fitted on the test set itself; not a deployable accuracy.")
+    lines += _notes(report)
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -125,8 +133,7 @@ def markdown_table(report: SuiteReport) -> str:
 
     out = [f"**{_title(report)}**", "", line(header), line(["---"] + ["---:"] * (len(header) - 2) + ["---"])]
     out += [line(r) for r in rows]
-    if report.options.oracle:
-        out += ["", "Acc@best (oracle): accuracy at the best threshold fitted on the test set itself; not a deployable accuracy."]
+    out += ["", *_notes(report)]
     return "\n".join(out) + "\n"
 
 
@@ -160,6 +167,7 @@ def report_dict(report: SuiteReport) -> dict[str, Any]:
         "blur_sigma": report.options.blur_sigma,
         "jpeg_quality": report.options.jpeg_quality,
         "oracle": report.options.oracle,
+        "crop_shift": report.options.crop_shift,
         "images_loaded": report.images_loaded,
         "seconds": report.seconds,
         "images_per_second": _finite(report.images_per_second),
@@ -169,6 +177,7 @@ def report_dict(report: SuiteReport) -> dict[str, Any]:
                 "path": r.path,
                 "arch": r.arch,
                 "quant": r.quant,
+                "threshold": r.threshold,
                 "sets": {s.name: _set_dict(s) for s in r.sets},
                 "mean": {**({k: _finite(v) for k, v in r.mean.as_dict().items()} if r.mean else {}), "oracle_acc": _finite(r.mean_oracle_acc), "over": [s.name for s in r.evaluated]},
             }

@@ -18,7 +18,7 @@ from qmdd.config import DataConfig, RunConfig
 from qmdd.data import DetectorTransform, LoadFailure, TolerantImageSet, collate_skipping_failures, gaussian_blur, jpeg_compress
 from qmdd.evaluation._resolve import OK, ResolvedSet, ResolvedSuite, resolve_suite
 from qmdd.evaluation._suites import EMBEDDED_ROOT, Protocol, Suite
-from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
+from qmdd.metrics import BinaryMetrics, best_threshold_accuracy, binary_metrics, mean_metrics
 
 __all__ = [
     "EvalError",
@@ -53,6 +53,8 @@ class EvalOptions:
             robustness evaluation, applied before ``jpeg_quality``.
         jpeg_quality: re-compress every test image as JPEG at this quality (None = none).
         oracle: also report the best-threshold accuracy, fitted on the test set itself.
+        crop_shift: move the centre crop by this many pixels right and down, off the
+            upsampling grid's phase the detector was trained on (a sensitivity check).
         progress: tqdm progress bars (None: only on a terminal).
     """
 
@@ -62,6 +64,7 @@ class EvalOptions:
     blur_sigma: float = 0.0
     jpeg_quality: int | None = None
     oracle: bool = False
+    crop_shift: int = 0
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -73,6 +76,8 @@ class EvalOptions:
             raise EvalError(f"blur sigma must be >= 0, got {self.blur_sigma}")
         if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
             raise EvalError(f"JPEG quality must be in 1..100, got {self.jpeg_quality}")
+        if self.crop_shift < 0:
+            raise EvalError(f"crop shift must be >= 0 pixels, got {self.crop_shift}")
 
 
 class EvalTransform:
@@ -83,13 +88,13 @@ class EvalTransform:
     mode, so the embedded suite scores exactly what training's own test pass scores.
     """
 
-    def __init__(self, *, crop: int | None, resize: int | None = None, load_size: int | None = None, blur_sigma: float = 0.0, jpeg_quality: int | None = None) -> None:
+    def __init__(self, *, crop: int | None, resize: int | None = None, load_size: int | None = None, blur_sigma: float = 0.0, jpeg_quality: int | None = None, crop_align: int = 1, crop_shift: int = 0) -> None:
         size = crop if crop is not None else resize
         if size is None:
             raise EvalError("a test transform needs a crop or a resize")
-        self.key = (crop, resize, load_size, blur_sigma, jpeg_quality)
+        self.key = (crop, resize, load_size, blur_sigma, jpeg_quality, crop_align, crop_shift)
         self.resize, self.blur_sigma, self.jpeg_quality = resize, blur_sigma, jpeg_quality
-        self._inner = DetectorTransform(DataConfig(load_size=load_size, crop_size=size), "test")
+        self._inner = DetectorTransform(DataConfig(load_size=load_size, crop_size=size, crop_align=crop_align), "test", crop_shift=crop_shift)
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> torch.Tensor:
         if self.blur_sigma > 0:
@@ -102,41 +107,16 @@ class EvalTransform:
 
 
 def transform_for(protocol: Protocol, config: RunConfig, options: EvalOptions) -> EvalTransform:
-    if protocol.from_checkpoint:
-        return EvalTransform(crop=config.data.crop_size, load_size=config.data.load_size, blur_sigma=options.blur_sigma, jpeg_quality=options.jpeg_quality)
-    return EvalTransform(crop=protocol.crop, resize=protocol.resize, blur_sigma=options.blur_sigma, jpeg_quality=options.jpeg_quality)
+    """The checkpoint's test transform under ``protocol``.
 
-
-def best_threshold_accuracy(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
-    """The highest accuracy any threshold reaches on these scores, and that threshold.
-
-    An *oracle*: the threshold is fitted on the very images it is scored on, so it only
-    says how separable the scores are. The threshold ``t`` uses the rule of
-    :func:`qmdd.metrics.accuracy_at` (fake when ``score > t``).
+    The centre crop keeps the checkpoint's ``data.crop_align`` in every protocol: a
+    detector trained on grid-aligned crops is scored on a grid-aligned crop (at most
+    align - 1 pixels from the exact centre), unless ``options.crop_shift`` moves it.
     """
-    y = np.asarray(labels).astype(np.int64).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if y.size == 0:
-        return math.nan, math.nan
-    order = np.argsort(s, kind="mergesort")
-    s, y = s[order], y[order]
-    # Split k: items [0, k) called real, [k, n) called fake.
-    real_below = np.r_[0, np.cumsum(y == 0)]
-    fake_at_or_above = int((y == 1).sum()) - np.r_[0, np.cumsum(y == 1)]
-    correct = real_below + fake_at_or_above
-    splits = np.arange(y.size + 1)
-    valid = (splits == 0) | (splits == y.size)
-    valid[1:-1] = s[1:] != s[:-1]  # only between distinct scores
-    k = int(splits[valid][np.argmax(correct[valid])])
-    if k == 0:
-        threshold = float(np.nextafter(s[0], -np.inf))
-    elif k == y.size:
-        threshold = float(s[-1])
-    else:
-        threshold = float((s[k - 1] + s[k]) / 2)
-        if not s[k - 1] <= threshold < s[k]:  # adjacent floats: the midpoint rounds up
-            threshold = float(s[k - 1])
-    return float(correct[k] / y.size), threshold
+    degrade = dict(blur_sigma=options.blur_sigma, jpeg_quality=options.jpeg_quality, crop_align=config.data.crop_align, crop_shift=options.crop_shift)
+    if protocol.from_checkpoint:
+        return EvalTransform(crop=config.data.crop_size, load_size=config.data.load_size, **degrade)
+    return EvalTransform(crop=protocol.crop, resize=protocol.resize, **degrade)
 
 
 @dataclass
@@ -165,6 +145,7 @@ class CheckpointResult:
     quant: str
     transform: tuple
     sets: list[SetResult]
+    threshold: float = 0.5  # fitted on the checkpoint's validation set; cal_acc uses it
 
     @property
     def evaluated(self) -> list[SetResult]:
@@ -198,6 +179,8 @@ class SuiteReport:
             name += f"_blur{self.options.blur_sigma:g}"
         if self.options.jpeg_quality is not None:
             name += f"_jpeg{self.options.jpeg_quality}"
+        if self.options.crop_shift:
+            name += f"_shift{self.options.crop_shift}"
         return name
 
     @property
@@ -306,8 +289,11 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
         raise EvalError(f"data root {root} does not exist")
     resolved = resolve_suite(suite, root)
     loaded = [load_detector(path, map_location=device) for path in checkpoints]
-    transforms = [transform_for(suite.protocol, config, options) for _, config in loaded]
-    results = [CheckpointResult(label, str(path), config.model.arch, config.quant.tag, t.key, []) for label, path, (_, config), t in zip(labels, checkpoints, loaded, transforms)]
+    transforms = [transform_for(suite.protocol, detector.config, options) for detector in loaded]
+    results = [
+        CheckpointResult(label, str(path), detector.config.model.arch, detector.config.quant.tag, t.key, [], threshold=detector.threshold)
+        for label, path, detector, t in zip(labels, checkpoints, loaded, transforms)
+    ]
 
     ready = [rset for rset in resolved.sets if rset.status == OK]
     scored: dict[tuple[int, str], tuple] = {}
@@ -320,7 +306,7 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
     for slots in groups.values():
         if not ready:
             break
-        per_set = _score_group([loaded[s][0] for s in slots], ready, transforms[slots[0]], options, device, suite.protocol.seed, suite.name)
+        per_set = _score_group([loaded[s].model for s in slots], ready, transforms[slots[0]], options, device, suite.protocol.seed, suite.name)
         images_loaded += sum(len(r.samples) for r in ready)
         for rset, (indices, set_labels, set_scores, failures) in zip(ready, per_set):
             for slot, scores in zip(slots, set_scores):
@@ -341,7 +327,7 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
                     lost = "real" if 0 not in present else "fake"
                     base.reason = f"every {lost} image failed to load ({len(failures)} unreadable)"
                 else:
-                    base.metrics = binary_metrics(set_labels, scores)
+                    base.metrics = binary_metrics(set_labels, scores, calibrated_threshold=result.threshold)
                     if options.oracle:
                         base.oracle_acc, base.oracle_threshold = best_threshold_accuracy(set_labels, scores)
             result.sets.append(base)

@@ -5,6 +5,6 @@ the score at ``> 0.5``; AP is the step-wise average precision that
 ``sklearn.metrics.average_precision_score`` computes (tests check they agree).
 """
 
-from qmdd.metrics._binary import BinaryMetrics, accuracy_at, average_precision, binary_metrics, mean_metrics
+from qmdd.metrics._binary import DEFAULT_THRESHOLD, BinaryMetrics, accuracy_at, average_precision, best_threshold_accuracy, binary_metrics, mean_metrics
 
-__all__ = ["BinaryMetrics", "average_precision", "accuracy_at", "binary_metrics", "mean_metrics"]
+__all__ = ["BinaryMetrics", "average_precision", "accuracy_at", "best_threshold_accuracy", "binary_metrics", "mean_metrics", "DEFAULT_THRESHOLD"]

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["BinaryMetrics", "average_precision", "accuracy_at", "binary_metrics", "mean_metrics"]
+__all__ = ["BinaryMetrics", "average_precision", "accuracy_at", "best_threshold_accuracy", "binary_metrics", "mean_metrics", "DEFAULT_THRESHOLD"]
 
 #: CNNDetection's decision threshold on sigmoid scores: fake when score > 0.5.
 DEFAULT_THRESHOLD = 0.5
@@ -56,9 +56,48 @@ def accuracy_at(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np
     return float(np.mean((s > threshold) == (y == 1)))
 
 
+def best_threshold_accuracy(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """The highest accuracy any threshold reaches on these scores, and that threshold.
+
+    Fitted on the images it is then scored on, it is an *oracle*: it only says how
+    separable the scores are. Fitted on validation images and applied to test images, it
+    is a calibrated decision threshold (``train`` stores one in every checkpoint). The
+    threshold ``t`` uses the rule of :func:`accuracy_at` (fake when ``score > t``); among
+    equally good splits the first (lowest) wins.
+    """
+    y = np.asarray(labels).astype(np.int64).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.size == 0:
+        return math.nan, math.nan
+    order = np.argsort(s, kind="mergesort")
+    s, y = s[order], y[order]
+    # Split k: items [0, k) called real, [k, n) called fake.
+    real_below = np.r_[0, np.cumsum(y == 0)]
+    fake_at_or_above = int((y == 1).sum()) - np.r_[0, np.cumsum(y == 1)]
+    correct = real_below + fake_at_or_above
+    splits = np.arange(y.size + 1)
+    valid = (splits == 0) | (splits == y.size)
+    valid[1:-1] = s[1:] != s[:-1]  # only between distinct scores
+    k = int(splits[valid][np.argmax(correct[valid])])
+    if k == 0:
+        threshold = float(np.nextafter(s[0], -np.inf))
+    elif k == y.size:
+        threshold = float(s[-1])
+    else:
+        threshold = float((s[k - 1] + s[k]) / 2)
+        if not s[k - 1] <= threshold < s[k]:  # adjacent floats: the midpoint rounds up
+            threshold = float(s[k - 1])
+    return float(correct[k] / y.size), threshold
+
+
 @dataclass(frozen=True)
 class BinaryMetrics:
-    """Per-set detection metrics (fractions in [0, 1]; NaN where undefined)."""
+    """Per-set detection metrics (fractions in [0, 1]; NaN where undefined).
+
+    ``acc`` is the accuracy at 0.5 (the field's number). ``cal_acc`` is the accuracy at a
+    threshold calibrated on validation images (NaN when none was given): its own column,
+    never a replacement for ``acc``.
+    """
 
     ap: float
     acc: float
@@ -66,13 +105,20 @@ class BinaryMetrics:
     fake_acc: float
     n_real: int
     n_fake: int
+    cal_acc: float = math.nan
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
-def binary_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> BinaryMetrics:
-    """AP, accuracy, real accuracy and fake accuracy at ``threshold``, plus counts."""
+def binary_metrics(
+    labels: Sequence[int] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    threshold: float = DEFAULT_THRESHOLD,
+    calibrated_threshold: float | None = None,
+) -> BinaryMetrics:
+    """AP, accuracy, real accuracy and fake accuracy at ``threshold``, plus counts, and
+    the accuracy at ``calibrated_threshold`` (a threshold fitted on validation) if given."""
     y, s = _as_arrays(labels, scores)
     real, fake = y == 0, y == 1
     return BinaryMetrics(
@@ -82,6 +128,7 @@ def binary_metrics(labels: Sequence[int] | np.ndarray, scores: Sequence[float] |
         fake_acc=accuracy_at(y[fake], s[fake], threshold),
         n_real=int(real.sum()),
         n_fake=int(fake.sum()),
+        cal_acc=math.nan if calibrated_threshold is None else accuracy_at(y, s, calibrated_threshold),
     )
 
 
@@ -102,4 +149,5 @@ def mean_metrics(per_set: Iterable[BinaryMetrics]) -> BinaryMetrics:
         fake_acc=mean("fake_acc"),
         n_real=sum(m.n_real for m in items),
         n_fake=sum(m.n_fake for m in items),
+        cal_acc=mean("cal_acc"),
     )

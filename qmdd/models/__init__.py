@@ -1,14 +1,37 @@
-"""Detector backbones, by registry name.
+"""Detector backbones, by registry name, and the input filters in front of them.
 
 >>> from qmdd.models import create_model, list_models
 >>> list_models("resnet*")
 ['resnet18', 'resnet34', 'resnet50']
+>>> model = create_model("trunc_resnet18")          # high-pass input filter by default
 """
 
-from qmdd.models._registry import create_model, list_models, register_model
+from qmdd.models._filters import FILTERS, DWTHighHighFilter, FilteredBackbone, HighPassFilter, InputFilter, NPRFilter, list_input_filters, make_input_filter
+from qmdd.models._registry import create_model, default_input_filter, list_models, register_model
 from qmdd.models import _torchvision  # noqa: F401  (registers the torchvision backbones)
 from qmdd.models._small import CNN5, MesoNet  # registers mesonet and cnn5 (docs/lottery.md)
+from qmdd.models._artifact import ArtifactResNet  # registers npr_resnet50 and trunc_resnet18
 from qmdd.models._torchvision import single_logit_head
 from qmdd.models._cqb import ShortcutConv2d, connect_blocks, is_connected
 
-__all__ = ["create_model", "list_models", "register_model", "single_logit_head", "connect_blocks", "is_connected", "ShortcutConv2d", "MesoNet", "CNN5"]
+__all__ = [
+    "create_model",
+    "list_models",
+    "register_model",
+    "default_input_filter",
+    "single_logit_head",
+    "connect_blocks",
+    "is_connected",
+    "ShortcutConv2d",
+    "MesoNet",
+    "CNN5",
+    "ArtifactResNet",
+    "InputFilter",
+    "NPRFilter",
+    "DWTHighHighFilter",
+    "HighPassFilter",
+    "FilteredBackbone",
+    "FILTERS",
+    "list_input_filters",
+    "make_input_filter",
+]

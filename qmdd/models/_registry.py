@@ -3,21 +3,49 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, overload
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models"]
+from qmdd.models._filters import FilteredBackbone, list_input_filters, make_input_filter
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+__all__ = ["register_model", "create_model", "list_models", "default_input_filter"]
+
+Builder = Callable[..., nn.Module]
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder ``fn(pretrained: bool = False) -> nn.Module`` under its name."""
-    if fn.__name__ in _MODELS:
-        raise ValueError(f"model {fn.__name__!r} is already registered")
-    _MODELS[fn.__name__] = fn
-    return fn
+@dataclass(frozen=True)
+class _Entry:
+    builder: Builder
+    input_filter: str  # the filter the backbone is published with ("none" for plain images)
+
+
+_MODELS: dict[str, _Entry] = {}
+
+
+@overload
+def register_model(fn: Builder) -> Builder: ...
+@overload
+def register_model(*, input_filter: str = "none") -> Callable[[Builder], Builder]: ...
+
+
+def register_model(fn: Builder | None = None, *, input_filter: str = "none"):
+    """Register a builder ``fn(pretrained: bool = False) -> nn.Module`` under its name.
+
+    Use bare (``@register_model``) or with the backbone's default input filter
+    (``@register_model(input_filter="npr")``), the one ``model.input_filter: null`` picks.
+    """
+
+    def register(builder: Builder) -> Builder:
+        if builder.__name__ in _MODELS:
+            raise ValueError(f"model {builder.__name__!r} is already registered")
+        if input_filter not in list_input_filters():
+            raise ValueError(f"unknown input filter {input_filter!r}; available: {', '.join(list_input_filters())}")
+        _MODELS[builder.__name__] = _Entry(builder, input_filter)
+        return builder
+
+    return register(fn) if fn is not None else register
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -25,10 +53,29 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatchcase(name, pattern))
 
 
-def create_model(name: str, pretrained: bool = False) -> nn.Module:
-    """Build a single-logit detector backbone by registry name."""
+def _entry(name: str) -> _Entry:
     try:
-        builder = _MODELS[name]
+        return _MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
-    return builder(pretrained=pretrained)
+
+
+def default_input_filter(name: str) -> str:
+    """The input filter backbone ``name`` is published with (``none`` for plain images)."""
+    return _entry(name).input_filter
+
+
+def create_model(name: str, pretrained: bool = False, input_filter: str | None = None) -> nn.Module:
+    """Build a single-logit detector by registry name.
+
+    ``input_filter``: a filter name (``none``, ``highpass``, ``npr``, ``dwt_hh``), or None for the
+    backbone's default. With a filter other than ``none`` the backbone is wrapped in a
+    :class:`~qmdd.models.FilteredBackbone` (state-dict keys under ``backbone.``).
+    """
+    entry = _entry(name)
+    model = entry.builder(pretrained=pretrained)
+    filter_name = entry.input_filter if input_filter is None else input_filter
+    if filter_name == "none":
+        make_input_filter(filter_name)  # still validates the name
+        return model
+    return FilteredBackbone(make_input_filter(filter_name), model)

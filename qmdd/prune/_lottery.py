@@ -139,7 +139,8 @@ def _level_mask(folder: Path, make: Callable[[], Mask]) -> Mask:
 
 def write_sparsity(folder: Path, mask: Mask, info: Mapping[str, Any]) -> dict[str, Any]:
     """``sparsity.json`` of a finished level, checked against its trained weights."""
-    model, config = load_detector(folder / BEST_CHECKPOINT)
+    loaded = load_detector(folder / BEST_CHECKPOINT)
+    model, config = loaded.model, loaded.config
     check_pruned_are_zero(model, mask)
     report = {**info, **mask.report(model), "cost": sparse_cost_summary(model)}
     atomic_write_text(folder / SPARSITY_FILE, json.dumps(report, indent=2) + "\n")

@@ -3,7 +3,7 @@
 from qmdd.training._callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpointer, EarlyStopping, TensorBoardLogger
 from qmdd.training._loop import Callback, EpochShuffleSampler, LossFn, Trainer, TrainState, bce_loss, predict
 from qmdd.training._run import CONFIG_FILE, METRICS_FILE, RunError, default_out_dir, resolve_device, run
-from qmdd.training.checkpoint import CheckpointError, build_detector, load_checkpoint, load_detector, save_checkpoint
+from qmdd.training.checkpoint import CheckpointError, LoadedDetector, build_detector, checkpoint_threshold, load_checkpoint, load_detector, save_checkpoint
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -28,5 +28,7 @@ __all__ = [
     "build_detector",
     "load_checkpoint",
     "load_detector",
+    "LoadedDetector",
+    "checkpoint_threshold",
     "save_checkpoint",
 ]

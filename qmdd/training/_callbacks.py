@@ -65,6 +65,7 @@ class Checkpointer(Callback):
             model=trainer.model,
             optimizer=trainer.optimizer,
             trainer=trainer.state.as_dict(),
+            threshold=trainer.val_threshold,
         )
 
     def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:

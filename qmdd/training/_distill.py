@@ -76,7 +76,7 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Mod
     """The frozen detector of a qmdd checkpoint (usually the FP32 run's ``best.pt``)."""
     from qmdd.training.checkpoint import load_detector
 
-    teacher, _ = load_detector(path, map_location=device)
+    teacher = load_detector(path, map_location=device).model
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
     return teacher.eval()

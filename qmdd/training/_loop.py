@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from qmdd.data.folder import ImageSet
-from qmdd.metrics import BinaryMetrics, binary_metrics
+from qmdd.metrics import DEFAULT_THRESHOLD, BinaryMetrics, best_threshold_accuracy, binary_metrics
 from qmdd.training._distributed import (
     SINGLE_PROCESS,
     DistContext,
@@ -302,6 +302,8 @@ class Trainer:
         self.amp = amp
         self.sync_batchnorm = sync_batchnorm
         self.train_model: nn.Module | None = None
+        #: Decision threshold fitted on the last validation pass (best accuracy there).
+        self.val_threshold = DEFAULT_THRESHOLD
         self.sampler = EpochShuffleSampler(len(train_set), seed, dist.rank, dist.world_size)
         self._rank_batch = batch_size // dist.world_size
         # Batch-norm cannot train on a batch of one: drop the ragged tail when it could be.
@@ -340,7 +342,7 @@ class Trainer:
             val = self.validate()
             self.state.epoch += 1
             self.state.elapsed_s += time.perf_counter() - started
-            self.state.history.append({"epoch": self.state.epoch, "lr": self.state.lr, **val.as_dict()})
+            self.state.history.append({"epoch": self.state.epoch, "lr": self.state.lr, **val.as_dict(), "threshold": self.val_threshold})
             for callback in self.callbacks:
                 callback.on_epoch_end(self, val)
         for callback in self.callbacks:
@@ -392,4 +394,7 @@ class Trainer:
             self.model, self.val_set, self.batch_size, self.device, desc="val",
             dist=self.dist, amp=self.amp, loader=self._val_loader,
         )
-        return binary_metrics(labels, scores)
+        # Accuracy at 0.5 lags AP after quantization (the logits shift): the threshold that
+        # is best on validation travels with the checkpoint (docs/usage.md).
+        self.val_threshold = best_threshold_accuracy(labels, scores)[1]
+        return binary_metrics(labels, scores, calibrated_threshold=self.val_threshold)

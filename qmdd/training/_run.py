@@ -29,7 +29,7 @@ from qmdd.training._distributed import (
     sync_from_rank0,
 )
 from qmdd.training._loop import Callback, LossFn, Trainer, TrainState, bce_loss, predict
-from qmdd.training.checkpoint import build_detector, load_checkpoint
+from qmdd.training.checkpoint import build_detector, checkpoint_threshold, load_checkpoint
 from qmdd.utils import atomic_write_text, seed_everything
 
 __all__ = ["run", "RunError", "default_out_dir", "resolve_device", "METRICS_FILE", "CONFIG_FILE"]
@@ -126,12 +126,12 @@ def _calibration_batches(trainer: Trainer, count: int, device: torch.device):
         yield images.to(device)
 
 
-def _evaluate_tests(model: torch.nn.Module, data: TrainingData, batch_size: int, device: torch.device, num_workers: int, dist: DistContext = SINGLE_PROCESS, amp: str = "none") -> dict[str, BinaryMetrics]:
+def _evaluate_tests(model: torch.nn.Module, data: TrainingData, batch_size: int, device: torch.device, num_workers: int, dist: DistContext = SINGLE_PROCESS, amp: str = "none", threshold: float | None = None) -> dict[str, BinaryMetrics]:
     results = {}
     for name, dataset in data.test.items():
         # Predictions of all ranks gathered: the AP of the whole set, not a mean of shards.
         labels, scores = predict(model, dataset, batch_size, device, num_workers, desc=f"test {name}", dist=dist, amp=amp)
-        results[name] = binary_metrics(labels, scores)
+        results[name] = binary_metrics(labels, scores, calibrated_threshold=threshold)
     return results
 
 
@@ -296,7 +296,8 @@ def run(
 
     best = on_main(lambda: load_checkpoint(out_dir / BEST_CHECKPOINT), ctx)
     model.load_state_dict(best["model"])
-    per_set = _evaluate_tests(model, data, config.train.batch_size * 2, device, config.data.num_workers, ctx, config.train.amp)
+    threshold = checkpoint_threshold(best)
+    per_set = _evaluate_tests(model, data, config.train.batch_size * 2, device, config.data.num_workers, ctx, config.train.amp, threshold)
     metrics: dict[str, Any] = {
         "run_dir": str(out_dir),
         "benchmark": data.benchmark,
@@ -305,6 +306,8 @@ def run(
         "quant": config.quant.tag,
         "quantizer": config.quant.quantizer if config.quant.enabled else None,
         "seen_family": data.seen_family,
+        # Fitted on val at the best epoch; "cal_acc" in every set is the accuracy at it.
+        "threshold": threshold,
         **_summary(per_set, data.seen_family),
         "best_epoch": trainer.state.best_epoch,
         "epochs_trained": trainer.state.epoch,

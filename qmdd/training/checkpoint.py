@@ -4,7 +4,12 @@ A checkpoint is a plain dict of tensors and primitives::
 
     {"format": "qmdd-checkpoint", "format_version": 1, "qmdd_version": "...",
      "config": <RunConfig as nested dicts>, "model": state_dict,
-     "optimizer": state_dict | None, "trainer": TrainState as dict, "torch_rng": ByteTensor}
+     "optimizer": state_dict | None, "trainer": TrainState as dict, "torch_rng": ByteTensor,
+     "threshold": float}
+
+``threshold`` is the decision threshold on ``sigmoid(logit)`` fitted on the validation set
+of the checkpoint's epoch (the best validation accuracy); files written before it existed
+read as 0.5 (:func:`checkpoint_threshold`).
 
 The resolved config travels inside, so :func:`load_detector` rebuilds the exact
 architecture (backbone, bit widths, quantizer) without any other file.
@@ -12,6 +17,7 @@ architecture (backbone, bit widths, quantizer) without any other file.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +26,10 @@ from torch import nn
 
 import qmdd
 from qmdd.config import RunConfig, config_from_dict, config_to_dict
+from qmdd.metrics import DEFAULT_THRESHOLD
 from qmdd.utils import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "build_detector", "load_detector"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_threshold", "build_detector", "load_detector", "LoadedDetector"]
 
 CHECKPOINT_FORMAT = "qmdd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -32,7 +39,7 @@ class CheckpointError(ValueError):
     """A file is not a readable qmdd checkpoint."""
 
 
-def save_checkpoint(path: str | Path, *, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, trainer: dict[str, Any] | None = None) -> None:
+def save_checkpoint(path: str | Path, *, config: RunConfig, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, trainer: dict[str, Any] | None = None, threshold: float = DEFAULT_THRESHOLD) -> None:
     """Write a checkpoint atomically: a crash mid-save keeps the previous file."""
     payload = {
         "format": CHECKPOINT_FORMAT,
@@ -43,6 +50,7 @@ def save_checkpoint(path: str | Path, *, config: RunConfig, model: nn.Module, op
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "trainer": trainer or {},
         "torch_rng": torch.get_rng_state(),
+        "threshold": float(threshold),
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -66,6 +74,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return payload
 
 
+def checkpoint_threshold(payload: dict[str, Any]) -> float:
+    """The validation-fitted decision threshold of a loaded checkpoint (0.5 if it has none)."""
+    value = payload.get("threshold", DEFAULT_THRESHOLD)
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise CheckpointError(f"checkpoint threshold {value!r} is not a probability in [0, 1]")
+    return float(value)
+
+
 def build_detector(config: RunConfig, init_state: dict[str, Any] | None = None) -> nn.Module:
     """The backbone named in ``config``, quantized as ``config.quant`` says (uncalibrated).
 
@@ -75,7 +91,7 @@ def build_detector(config: RunConfig, init_state: dict[str, Any] | None = None) 
     from qmdd.models import connect_blocks, create_model
     from qmdd.quant import configure_quantizers, quantize
 
-    model = create_model(config.model.arch, pretrained=config.model.pretrained)
+    model = create_model(config.model.arch, pretrained=config.model.pretrained, input_filter=config.model.input_filter)
     if config.quant.block == "cqb":
         # Before quantize: CQB keeps its shortcut convs out of quantize's swap table.
         connect_blocks(model)
@@ -87,8 +103,24 @@ def build_detector(config: RunConfig, init_state: dict[str, Any] | None = None) 
     return model
 
 
-def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, RunConfig]:
-    """Rebuild the trained detector of a checkpoint, in eval mode, with its config."""
+@dataclass(frozen=True)
+class LoadedDetector:
+    """A trained detector rebuilt from its checkpoint.
+
+    Attributes:
+        model: in eval mode, on the requested device.
+        config: the run config it was trained with.
+        threshold: the decision threshold on ``sigmoid(logit)`` fitted on validation
+            (0.5 for checkpoints without one).
+    """
+
+    model: nn.Module
+    config: RunConfig
+    threshold: float
+
+
+def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedDetector:
+    """Rebuild the trained detector of a checkpoint, in eval mode, with its config and threshold."""
     payload = load_checkpoint(path, map_location)
     config = config_from_dict(payload["config"])
     # The architecture comes from the config; never download weights just to overwrite them.
@@ -98,4 +130,4 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
     model.load_state_dict(payload["model"])
     model.to(map_location)
     model.eval()
-    return model, config
+    return LoadedDetector(model, config, checkpoint_threshold(payload))

@@ -94,3 +94,48 @@ def test_image_set_seeds_per_sample_and_epoch(tmp_path):
     assert torch.equal(first, dataset[1][0])
     dataset.set_epoch(1)
     assert not torch.equal(first, dataset[1][0])
+
+
+def _coordinate_image(width: int, height: int) -> Image.Image:
+    """Red = column, green = row: a crop's pixel values say where it was cut."""
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    return Image.fromarray(np.stack([cols, rows, np.zeros_like(cols)], axis=-1).astype(np.uint8))
+
+
+def _crop_origin(tensor: torch.Tensor) -> tuple[int, int]:
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    pixels = ((tensor * std + mean) * 255).round().to(torch.int64)
+    return int(pixels[0].min()), int(pixels[1].min())  # flips keep the set of columns
+
+
+@pytest.mark.parametrize("align", [1, 2, 4, 8])
+def test_aligned_offsets_are_multiples_of_the_alignment_and_all_are_drawn(align):
+    from qmdd.data.transforms import aligned_offset
+
+    rng = np.random.default_rng(0)
+    slack = 30
+    drawn = {aligned_offset(slack, align, rng) for _ in range(3000)}
+    assert drawn == set(range(0, slack + 1, align))
+
+
+@pytest.mark.parametrize("align", [1, 2, 8])
+def test_training_crops_keep_the_grid_phase(align):
+    transform = DetectorTransform(DataConfig(crop_size=24, crop_align=align, blur_prob=0, jpeg_prob=0), "train")
+    image = _coordinate_image(57, 50)
+    origins = {_crop_origin(transform(image, np.random.default_rng(seed))) for seed in range(400)}
+    lefts, tops = {o[0] for o in origins}, {o[1] for o in origins}
+    assert lefts == set(range(0, 57 - 24 + 1, align)) and tops == set(range(0, 50 - 24 + 1, align))
+
+
+def test_centre_crop_is_aligned_and_shiftable():
+    from qmdd.data.transforms import centred_offset
+
+    config = DataConfig(crop_size=24, crop_align=8)
+    image = _coordinate_image(60, 60)  # exact centre offset 18: aligned down to 16
+    assert _crop_origin(DetectorTransform(config, "test")(image, np.random.default_rng(0))) == (16, 16)
+    assert _crop_origin(DetectorTransform(config, "test", crop_shift=3)(image, np.random.default_rng(0))) == (19, 19)
+    assert _crop_origin(DetectorTransform(DataConfig(crop_size=24, crop_align=1, blur_prob=0, jpeg_prob=0), "val")(image, np.random.default_rng(0))) == (18, 18)
+    assert centred_offset(4, 8, shift=10) == 4  # clamped to the image
+    with pytest.raises(ValueError, match="crop_shift"):
+        DetectorTransform(config, "train", crop_shift=1)

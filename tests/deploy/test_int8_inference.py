@@ -130,12 +130,12 @@ def test_predict_cli_prints_one_probability_per_image(tmp_path, capsys):
     model = build_detector(config)
     calibrate(model, [torch.randn(4, 3, 32, 32)])
     model.eval()
-    save_packed(tmp_path / "m.qmdd", model, config)
+    save_packed(tmp_path / "m.qmdd", model, config, threshold=0.25)
     (tmp_path / "imgs").mkdir()
     images = _write_images(tmp_path / "imgs", 3)
     assert predict_main(["--model", str(tmp_path / "m.qmdd"), "--engine", "fake-quant", str(tmp_path / "imgs")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split("\t")[1] for line in lines] == [str(p) for p in images]
+    assert [line.split("\t")[2] for line in lines] == [str(p) for p in images]
     from qmdd.data import DetectorTransform, load_rgb
 
     transform = DetectorTransform(config.data, "test")
@@ -144,6 +144,12 @@ def test_predict_cli_prints_one_probability_per_image(tmp_path, capsys):
         expected = torch.sigmoid(model(batch)).reshape(-1)
     printed = torch.tensor([float(line.split("\t")[0]) for line in lines])
     assert torch.allclose(printed, expected, atol=1e-6)
+    # The verdict uses the threshold stored in the file, or --threshold.
+    assert [line.split("\t")[1] for line in lines] == ["fake" if p > 0.25 else "real" for p in printed.tolist()]
+    assert predict_main(["--model", str(tmp_path / "m.qmdd"), "--engine", "fake-quant", "--threshold", "1", str(images[0])]) == 0
+    assert capsys.readouterr().out.split("\t")[1] == "real"
+    assert predict_main(["--model", str(tmp_path / "m.qmdd"), "--threshold", "2", str(images[0])]) == 2
+    assert "--threshold" in capsys.readouterr().err
 
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     assert predict_main(["--model", str(tmp_path / "m.qmdd"), str(images[0]), str(tmp_path / "broken.jpg")]) == 1

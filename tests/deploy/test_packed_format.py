@@ -64,8 +64,10 @@ def test_three_bit_codes_use_three_bytes_per_eight_weights():
 
 def test_round_trip_gives_the_same_outputs(exported):
     model, config, path = exported
-    loaded, loaded_config = load_packed(path)
+    detector = load_packed(path)
+    loaded, loaded_config = detector.model, detector.config
     assert loaded_config == config
+    assert detector.threshold == 0.5  # what save_packed stores by default
     assert torch.equal(_outputs(loaded), _outputs(model))
     assert not loaded.training
 
@@ -96,7 +98,7 @@ def test_pruned_weights_use_the_sparse_encoding_and_round_trip(exported, tmp_pat
     assert by_name["layer1.0.conv1.weight_orig"]["encoding"] == "lsq_codes_sparse"
     assert by_name["layer1.0.conv1.weight_mask"]["encoding"] == "bitmask"
     assert by_name["fc.weight_orig"]["encoding"] == "float32_sparse"
-    loaded, _ = load_packed(path)
+    loaded = load_packed(path).model
     assert torch.equal(_outputs(loaded), _outputs(model))
 
 

@@ -60,10 +60,14 @@ def test_yaml_suite_rejects_unknown_keys_with_a_hint(tmp_path):
 def test_eval_transform_degrades_then_crops_like_the_training_test_pass():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
-    expected = DetectorTransform(DataConfig(crop_size=24), "test")(jpeg_compress(gaussian_blur(image, 1.0), 70), rng)
+    expected = DetectorTransform(DataConfig(crop_size=24, crop_align=1), "test")(jpeg_compress(gaussian_blur(image, 1.0), 70), rng)
     got = EvalTransform(crop=24, blur_sigma=1.0, jpeg_quality=70)(image, rng)
     assert torch.equal(got, expected)
-    assert torch.equal(EvalTransform(crop=24)(image, rng), DetectorTransform(DataConfig(crop_size=24), "test")(image, rng))
+    assert torch.equal(EvalTransform(crop=24)(image, rng), DetectorTransform(DataConfig(crop_size=24, crop_align=1), "test")(image, rng))
+    # The checkpoint's alignment and a deliberate shift reach the centre crop.
+    aligned = DetectorTransform(DataConfig(crop_size=24, crop_align=8), "test", crop_shift=1)(image, rng)
+    assert torch.equal(EvalTransform(crop=24, crop_align=8, crop_shift=1)(image, rng), aligned)
+    assert not torch.equal(aligned, EvalTransform(crop=24, crop_align=8)(image, rng))
     resized = EvalTransform(crop=None, resize=32)(image, rng)
     assert resized.shape == (3, 32, 32)
     assert torch.equal(resized, DetectorTransform(DataConfig(crop_size=32), "test")(image.resize((32, 32), Image.BILINEAR), rng))

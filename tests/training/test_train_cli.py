@@ -56,7 +56,8 @@ def test_checkpoints_load_weights_only_and_rebuild_the_quantized_model(w2_run):
     payload = torch.load(w2_run / "last.pt", weights_only=True)
     assert payload["config"]["quant"]["bits"] == 2 and payload["trainer"]["epoch"] == 2
     assert payload["optimizer"]["state"], "optimizer state is saved for resuming"
-    model, config = load_detector(w2_run / "best.pt")
+    loaded = load_detector(w2_run / "best.pt")
+    model, config = loaded.model, loaded.config
     assert config.quant.bits == 2
     assert any(isinstance(m, QConv2d) for m in model.modules())
     assert model(torch.randn(2, 3, 24, 24)).shape == (2, 1)
