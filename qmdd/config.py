@@ -105,20 +105,30 @@ class DataConfig:
         "Square crop in pixels: random in training, centred in val/test (CNNDetection: 224).",
         default=64,
     )
-    crop_align: int = _help(
+    crop_align: int | None = _help(
         "Crop offsets (random in training, centred in val/test) are multiples of this many "
         "pixels, so every crop keeps the phase of a generator's upsampling grid (2 for x2 "
-        "upsampling, 8 also keeps 4x and 8x grids). 1 = any offset. Set 1 on data whose "
-        "reals are JPEG and fakes PNG: an aligned crop also keeps the 8x8 JPEG grid, a "
-        "format shortcut (docs/method.md).",
-        default=8,
+        "upsampling, 8 also keeps 4x and 8x grids); 1 = any offset. null: what the model's "
+        "input filter needs (2 for npr and dwt_hh, which are anchored to 2x2 blocks; 1 for "
+        "highpass and none, which commute with shifts and gain shift robustness from random "
+        "offsets). Keep 1 on data whose reals are JPEG and fakes PNG: an aligned crop also "
+        "keeps the 8x8 JPEG grid, a format shortcut (docs/method.md).",
+        default=None,
     )
-    blur_prob: float = _help("Probability of Gaussian blur augmentation in training.", default=0.1)
+    blur_prob: float = _help(
+        "Probability of Gaussian blur augmentation in training (CNNDetection: 0.1 or 0.5; "
+        "NPR: 0). 0 by default: on the embedded benchmark it costs training time and "
+        "gains no AP (docs/results.md); real data with unknown processing wants 0.1.",
+        default=0.0,
+    )
     blur_sigma: tuple[float, float] = _help(
         "Range of the blur sigma in pixels, drawn uniformly (CNNDetection: 0-3).",
         default=(0.0, 3.0),
     )
-    jpeg_prob: float = _help("Probability of JPEG re-compression in training.", default=0.1)
+    jpeg_prob: float = _help(
+        "Probability of JPEG re-compression in training (CNNDetection: 0.1 or 0.5; NPR: 0).",
+        default=0.0,
+    )
     jpeg_quality: tuple[int, int] = _help(
         "Range of the JPEG quality, drawn uniformly (CNNDetection: 30-100).", default=(30, 100)
     )
@@ -139,7 +149,7 @@ class DataConfig:
         _check_range("data.jpeg_quality", *self.jpeg_quality, 1, 100)
         if not 1 <= self.val_jpeg_quality <= 100:
             raise ConfigError(f"data.val_jpeg_quality={self.val_jpeg_quality} must be in 1..100")
-        if self.crop_align < 1:
+        if self.crop_align is not None and self.crop_align < 1:
             raise ConfigError(f"data.crop_align={self.crop_align} must be >= 1 (1 = any offset)")
         if self.crop_size < 8:
             raise ConfigError(f"data.crop_size={self.crop_size} must be at least 8 pixels")
@@ -158,8 +168,10 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = _help(
-        "Backbone name from the model registry (python -m qmdd.train --list-models).",
-        default="resnet18",
+        "Backbone name from the model registry (python -m qmdd.train --list-models). The "
+        "default, trunc_resnet18, is ResNet-18 cut after its second stage (NPR's design) "
+        "on a high-pass residual input: 0.68M parameters, trained from scratch.",
+        default="trunc_resnet18",
     )
     pretrained: bool = _help(
         "Start from torchvision's ImageNet weights (needs them in the torch hub cache).",
@@ -313,8 +325,11 @@ class TrainConfig:
         "quick start within a few CPU minutes; real training wants many more.",
         default=2,
     )
-    batch_size: int = _help("Images per optimizer step (CNNDetection: 64).", default=64)
-    lr: float = _help("Adam learning rate (CNNDetection: 1e-4 from ImageNet weights).", default=1e-3)
+    batch_size: int = _help("Images per optimizer step (CNNDetection: 64; NPR: 32).", default=32)
+    lr: float = _help(
+        "Adam learning rate (NPR from scratch: 2e-4; CNNDetection: 1e-4 from ImageNet weights).",
+        default=2e-4,
+    )
     betas: tuple[float, float] = _help("Adam betas (CNNDetection: 0.9, 0.999).", default=(0.9, 0.999))
     weight_decay: float = _help("Adam weight decay (CNNDetection: 0).", default=0.0)
     early_stop_patience: int = _help(

@@ -65,7 +65,9 @@ class DetectorTransform:
         crop_shift: pixels added to both offsets of the centre crop (val/test), to see how
             a detector reacts when its input is off the upsampling grid's phase.
 
-    Crop offsets are multiples of ``config.crop_align`` (the centre crop's rounded down).
+    Crop offsets are multiples of ``config.crop_align`` (the centre crop's rounded down);
+    an unresolved ``None`` (the model decides, see :func:`qmdd.models.crop_alignment`)
+    crops at any offset.
     """
 
     def __init__(self, config: DataConfig, mode: Mode, crop_shift: int = 0) -> None:
@@ -104,11 +106,11 @@ class DetectorTransform:
     def _crop(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
         size = self.config.crop_size
         width, height = image.size
+        align = self.config.crop_align or 1
         if self.mode == "train":
-            left, top = aligned_offset(width - size, self.config.crop_align, rng), aligned_offset(height - size, self.config.crop_align, rng)
+            left, top = aligned_offset(width - size, align, rng), aligned_offset(height - size, align, rng)
         else:
-            align, shift = self.config.crop_align, self.crop_shift
-            left, top = centred_offset(width - size, align, shift), centred_offset(height - size, align, shift)
+            left, top = centred_offset(width - size, align, self.crop_shift), centred_offset(height - size, align, self.crop_shift)
         return image.crop((left, top, left + size, top + size))
 
 

@@ -414,10 +414,11 @@ def load_packed(path: str | Path) -> "LoadedDetector":
     decision threshold."""
     from torch.nn.utils import prune
 
-    from qmdd.training import LoadedDetector, build_detector
+    from qmdd.training import LoadedDetector, build_detector, resolve_model_defaults
 
     path = Path(path)
     config, state, header = read_packed(path)
+    config = resolve_model_defaults(config)
     threshold = _header_threshold(path, header)
     model = build_detector(replace(config, model=replace(config.model, pretrained=False)))
     # Pruned layers (torch.nn.utils.prune) store weight_orig + weight_mask: re-attach the masks.

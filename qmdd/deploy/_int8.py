@@ -38,6 +38,7 @@ from torch.ao.quantization.observer import FixedQParamsObserver, MinMaxObserver,
 from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from qmdd.config import FULL_PRECISION
+from qmdd.models import FILTERS, InputFilter
 from qmdd.quant import LSQActivationQuantizer, LSQWeightQuantizer, QConv2d, QLinear, Quantizer, quantized_layers
 
 __all__ = ["LSQInput", "Int8LSQInput", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images"]
@@ -156,7 +157,10 @@ def lowbit_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Ten
     if any(isinstance(m, Quantizer) for m in model.modules()):
         raise Int8ConversionError("the model holds quantizers outside conv/linear layers; cannot convert")
     for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name not in codes:
+        # The input filter runs in float in front of the (full-precision) first layer: its
+        # residual is not on any low-bit grid, and a filter built from F.conv2d would
+        # otherwise look like a conv to quantize.
+        if (isinstance(module, (nn.Conv2d, nn.Linear)) and name not in codes) or isinstance(module, InputFilter):
             float_layers.append(name)
     return model, codes, sorted(set(float_layers))
 
@@ -215,8 +219,9 @@ def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> nn
     for name, layer_codes in codes.items():
         mapping.set_module_name(name, QConfig(activation=activation, weight=_CodeWeightObserver.with_args(codes=layer_codes)))
     backend = _backend_config()
-    # LSQInput must stay one call_module node (a leaf), not be traced into its arithmetic.
-    custom = PrepareCustomConfig().set_non_traceable_module_classes([LSQInput])
+    # LSQInput must stay one call_module node (a leaf), not be traced into its arithmetic;
+    # the input filters too, so that they stay float modules.
+    custom = PrepareCustomConfig().set_non_traceable_module_classes([LSQInput, *FILTERS.values()])
     prepared = prepare_fx(float_model, mapping, example_inputs=(batches[0],), prepare_custom_config=custom, backend_config=backend)
     with torch.no_grad():
         for batch in batches:

@@ -6,8 +6,8 @@
 >>> model = create_model("trunc_resnet18")          # high-pass input filter by default
 """
 
-from qmdd.models._filters import FILTERS, DWTHighHighFilter, FilteredBackbone, HighPassFilter, InputFilter, NPRFilter, list_input_filters, make_input_filter
-from qmdd.models._registry import create_model, default_input_filter, list_models, register_model
+from qmdd.models._filters import FILTERS, DWTHighHighFilter, FilteredBackbone, HighPassFilter, InputFilter, NPRFilter, filter_grid, list_input_filters, make_input_filter
+from qmdd.models._registry import create_model, crop_alignment, default_input_filter, list_models, register_model, resolved_input_filter
 from qmdd.models import _torchvision  # noqa: F401  (registers the torchvision backbones)
 from qmdd.models._small import CNN5, MesoNet  # registers mesonet and cnn5 (docs/lottery.md)
 from qmdd.models._artifact import ArtifactResNet  # registers npr_resnet50 and trunc_resnet18
@@ -19,6 +19,9 @@ __all__ = [
     "list_models",
     "register_model",
     "default_input_filter",
+    "resolved_input_filter",
+    "crop_alignment",
+    "filter_grid",
     "single_logit_head",
     "connect_blocks",
     "is_connected",

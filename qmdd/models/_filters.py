@@ -59,8 +59,11 @@ Filters (``model.input_filter``):
     (no border artefact to learn). The band is scaled by 1, as published.
 
 ``npr`` and ``dwt_hh`` work on the grid of 2x2 blocks anchored at the image's top-left
-pixel, and every detector with strided convolutions sees the upsampling grid at one phase,
-which is why training crops keep the grid's phase (``data.crop_align``; docs/method.md).
+pixel: their crops must keep the grid's phase, or the same generator's trace looks
+different from crop to crop (``data.crop_align``, which defaults to the filter's
+``grid``). ``highpass`` and ``none`` commute with shifts; with them, random crop offsets
+teach the detector every phase, and it scores shifted crops as well as centred ones
+(docs/method.md).
 """
 
 from __future__ import annotations
@@ -69,18 +72,21 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["InputFilter", "NPRFilter", "DWTHighHighFilter", "FILTERS", "list_input_filters", "make_input_filter", "FilteredBackbone"]
+__all__ = ["InputFilter", "NPRFilter", "DWTHighHighFilter", "HighPassFilter", "FILTERS", "list_input_filters", "make_input_filter", "FilteredBackbone"]
 
 
 class InputFilter(nn.Module):
     """A fixed, parameter-free map from the normalised image to the detector's input.
 
     ``name`` is the config name; ``flops_per_element`` the arithmetic operations it spends
-    per input element (channel x pixel), which the cost counters add to the model's FLOPs.
+    per input element (channel x pixel), which the cost counters add to the model's FLOPs;
+    ``grid`` the period in pixels of the block grid the filter is anchored to (1: the
+    filter commutes with shifts), the crop alignment it needs (``data.crop_align``).
     """
 
     name = "none"
     flops_per_element = 0.0
+    grid = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -104,6 +110,7 @@ class NPRFilter(InputFilter):
     name = "npr"
     # One subtraction and one scaling per element.
     flops_per_element = 2.0
+    grid = 2  # anchored to the 2x2 blocks at the top-left pixel
     #: The published scale of the residual before the first conv.
     SCALE = 2.0 / 3.0
 
@@ -115,6 +122,7 @@ class DWTHighHighFilter(InputFilter):
     """The HH band of a one-level Haar / bior1.3 DWT, resized to the input (module docstring)."""
 
     name = "dwt_hh"
+    grid = 2  # one coefficient per 2x2 block
     # Per input element: a 4-term signed sum and a scaling per block of 4 elements (5 ops
     # / 4), plus the bilinear resize (4 multiply-adds, 8 ops, per output element).
     flops_per_element = 5 / 4 + 8
@@ -156,11 +164,20 @@ def list_input_filters() -> list[str]:
     return list(FILTERS)
 
 
-def make_input_filter(name: str) -> InputFilter:
+def _filter_class(name: str) -> type[InputFilter]:
     try:
-        return FILTERS[name]()
+        return FILTERS[name]
     except KeyError:
         raise ValueError(f"unknown input filter {name!r}; available: {', '.join(FILTERS)}") from None
+
+
+def make_input_filter(name: str) -> InputFilter:
+    return _filter_class(name)()
+
+
+def filter_grid(name: str) -> int:
+    """The block-grid period a filter is anchored to (1: shift-invariant); see ``InputFilter.grid``."""
+    return _filter_class(name).grid
 
 
 class FilteredBackbone(nn.Module):

@@ -8,9 +8,9 @@ from typing import Callable, overload
 
 from torch import nn
 
-from qmdd.models._filters import FilteredBackbone, list_input_filters, make_input_filter
+from qmdd.models._filters import FilteredBackbone, filter_grid, list_input_filters, make_input_filter
 
-__all__ = ["register_model", "create_model", "list_models", "default_input_filter"]
+__all__ = ["register_model", "create_model", "list_models", "default_input_filter", "resolved_input_filter", "crop_alignment"]
 
 Builder = Callable[..., nn.Module]
 
@@ -65,6 +65,16 @@ def default_input_filter(name: str) -> str:
     return _entry(name).input_filter
 
 
+def resolved_input_filter(name: str, input_filter: str | None) -> str:
+    """``input_filter``, or the backbone's own when it is None."""
+    return default_input_filter(name) if input_filter is None else input_filter
+
+
+def crop_alignment(name: str, input_filter: str | None) -> int:
+    """The crop alignment (px) the detector's input filter needs: 1 for shift-invariant filters."""
+    return filter_grid(resolved_input_filter(name, input_filter))
+
+
 def create_model(name: str, pretrained: bool = False, input_filter: str | None = None) -> nn.Module:
     """Build a single-logit detector by registry name.
 
@@ -72,9 +82,8 @@ def create_model(name: str, pretrained: bool = False, input_filter: str | None =
     backbone's default. With a filter other than ``none`` the backbone is wrapped in a
     :class:`~qmdd.models.FilteredBackbone` (state-dict keys under ``backbone.``).
     """
-    entry = _entry(name)
-    model = entry.builder(pretrained=pretrained)
-    filter_name = entry.input_filter if input_filter is None else input_filter
+    model = _entry(name).builder(pretrained=pretrained)
+    filter_name = resolved_input_filter(name, input_filter)
     if filter_name == "none":
         make_input_filter(filter_name)  # still validates the name
         return model

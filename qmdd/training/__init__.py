@@ -3,7 +3,7 @@
 from qmdd.training._callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpointer, EarlyStopping, TensorBoardLogger
 from qmdd.training._loop import Callback, EpochShuffleSampler, LossFn, Trainer, TrainState, bce_loss, predict
 from qmdd.training._run import CONFIG_FILE, METRICS_FILE, RunError, default_out_dir, resolve_device, run
-from qmdd.training.checkpoint import CheckpointError, LoadedDetector, build_detector, checkpoint_threshold, load_checkpoint, load_detector, save_checkpoint
+from qmdd.training.checkpoint import CheckpointError, LoadedDetector, build_detector, checkpoint_threshold, load_checkpoint, load_detector, resolve_model_defaults, save_checkpoint
 
 __all__ = [
     "BEST_CHECKPOINT",
@@ -30,5 +30,6 @@ __all__ = [
     "load_detector",
     "LoadedDetector",
     "checkpoint_threshold",
+    "resolve_model_defaults",
     "save_checkpoint",
 ]

@@ -29,7 +29,7 @@ from qmdd.training._distributed import (
     sync_from_rank0,
 )
 from qmdd.training._loop import Callback, LossFn, Trainer, TrainState, bce_loss, predict
-from qmdd.training.checkpoint import build_detector, checkpoint_threshold, load_checkpoint
+from qmdd.training.checkpoint import build_detector, checkpoint_threshold, load_checkpoint, resolve_model_defaults
 from qmdd.utils import atomic_write_text, seed_everything
 
 __all__ = ["run", "RunError", "default_out_dir", "resolve_device", "METRICS_FILE", "CONFIG_FILE"]
@@ -217,6 +217,7 @@ def run(
     # Under torchrun (WORLD_SIZE > 1) this process joins the DDP group; files are read and
     # written by rank 0 only, and what it reads reaches the others by broadcast, so the
     # run folder need not be on a filesystem every node sees.
+    config = resolve_model_defaults(config)
     device = resolve_device(config.train.device)
     ctx = init_distributed(device)
     _check_parallel_setup(config, ctx, device)

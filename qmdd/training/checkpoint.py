@@ -29,7 +29,7 @@ from qmdd.config import RunConfig, config_from_dict, config_to_dict
 from qmdd.metrics import DEFAULT_THRESHOLD
 from qmdd.utils import atomic_write
 
-__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_threshold", "build_detector", "load_detector", "LoadedDetector"]
+__all__ = ["CHECKPOINT_FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_threshold", "resolve_model_defaults", "build_detector", "load_detector", "LoadedDetector"]
 
 CHECKPOINT_FORMAT = "qmdd-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -82,6 +82,23 @@ def checkpoint_threshold(payload: dict[str, Any]) -> float:
     return float(value)
 
 
+def resolve_model_defaults(config: RunConfig) -> RunConfig:
+    """``config`` with the choices left to the backbone made explicit.
+
+    ``model.input_filter: null`` becomes the backbone's own filter, and
+    ``data.crop_align: null`` the alignment that filter needs. Runs write the resolved
+    config into ``config.yaml`` and their checkpoints, so a checkpoint says exactly how it
+    was trained even if a default changes later.
+    """
+    from dataclasses import replace
+
+    from qmdd.models import crop_alignment, resolved_input_filter
+
+    input_filter = resolved_input_filter(config.model.arch, config.model.input_filter)
+    align = config.data.crop_align if config.data.crop_align is not None else crop_alignment(config.model.arch, input_filter)
+    return replace(config, model=replace(config.model, input_filter=input_filter), data=replace(config.data, crop_align=align))
+
+
 def build_detector(config: RunConfig, init_state: dict[str, Any] | None = None) -> nn.Module:
     """The backbone named in ``config``, quantized as ``config.quant`` says (uncalibrated).
 
@@ -122,7 +139,7 @@ class LoadedDetector:
 def load_detector(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedDetector:
     """Rebuild the trained detector of a checkpoint, in eval mode, with its config and threshold."""
     payload = load_checkpoint(path, map_location)
-    config = config_from_dict(payload["config"])
+    config = resolve_model_defaults(config_from_dict(payload["config"]))
     # The architecture comes from the config; never download weights just to overwrite them.
     from dataclasses import replace
 

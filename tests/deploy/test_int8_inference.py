@@ -99,8 +99,9 @@ def test_int8_layer_inputs_carry_exactly_the_lsq_codes(chain):
     assert (fake - fast).abs().max() < 0.02
 
 
-def test_resnet_first_block_is_exact_and_predictions_agree():
-    config = load_config(None, ["quant.bits=2", "data.crop_size=32"])
+@pytest.mark.parametrize(("arch", "prefix"), [("resnet18", ""), ("trunc_resnet18", "backbone_")])
+def test_resnet_first_block_is_exact_and_predictions_agree(arch, prefix):
+    config = load_config(None, ["quant.bits=2", "data.crop_size=32", f"model.arch={arch}"])
     torch.manual_seed(0)
     batches = [torch.randn(8, 3, 32, 32) for _ in range(3)]
     model = _prepared(build_detector(config), batches)
@@ -109,7 +110,7 @@ def test_resnet_first_block_is_exact_and_predictions_agree():
     x = torch.randn(8, 3, 32, 32)
     expected = _codes_by_layer(float_model, LSQInput, x)
     actual = _codes_by_layer(int8, Int8LSQInput, x)
-    for name in ("layer1_0_conv1_0", "layer1_0_conv2_0"):
+    for name in (f"{prefix}layer1_0_conv1_0", f"{prefix}layer1_0_conv2_0"):
         assert torch.equal(expected[name], actual[name]), name
     assert not any(isinstance(m, LSQInput) for m in int8.modules()), "every LSQ input runs in int8"
 

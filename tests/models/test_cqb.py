@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch import nn
 
-from qmdd.config import QuantConfig, RunConfig
+from qmdd.config import ModelConfig, QuantConfig, RunConfig
 from qmdd.models import ShortcutConv2d, connect_blocks, create_model, is_connected
 from qmdd.quant import QConv2d, calibrate
 from qmdd.training import build_detector
@@ -93,7 +93,7 @@ def test_mobilenet_depthwise_shortcut_carries_the_expansion_past_a_dead_depthwis
 
 @pytest.mark.parametrize("quantizer", ["lsq", "slr"])
 def test_cqb_detector_keeps_shortcut_convs_in_full_precision(quantizer):
-    config = RunConfig(quant=QuantConfig(bits=2, quantizer=quantizer, block="cqb"))
+    config = RunConfig(model=ModelConfig(arch="resnet18"), quant=QuantConfig(bits=2, quantizer=quantizer, block="cqb"))
     model = build_detector(config)
     shortcut_convs = [n for n, m in model.named_modules() if isinstance(m, ShortcutConv2d)]
     assert shortcut_convs == ["layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0"]

@@ -78,15 +78,15 @@ def test_init_loads_the_fp32_weights_before_quantization(fp32_run):
     config = load_config(overrides=["quant.bits=2", "quant.quantizer=n2uq", "quant.block=cqb"])
     float_model = build_detector(load_config(overrides=["quant.block=cqb"]))
     shapes = {k: v.shape for k, v in float_model.state_dict().items()}
-    state = init_state_dict(fp32_run / "best.pt", "resnet18", shapes)
+    state = init_state_dict(fp32_run / "best.pt", "trunc_resnet18", shapes)
     model = build_detector(config, init_state=state)
     trained = load_checkpoint(fp32_run / "best.pt")["model"]
-    assert torch.equal(model.layer1[0].conv1.weight, trained["layer1.0.conv1.weight"])
-    assert torch.equal(model.fc.weight, trained["fc.weight"])
-    with pytest.raises(ValueError, match="holds a resnet18 model"):
+    assert torch.equal(model.backbone.layer1[0].conv1.weight, trained["backbone.layer1.0.conv1.weight"])
+    assert torch.equal(model.backbone.fc.weight, trained["backbone.fc.weight"])
+    with pytest.raises(ValueError, match="holds a trunc_resnet18 model"):
         init_state_dict(fp32_run / "best.pt", "mobilenet_v2", {})
     with pytest.raises(ValueError, match="missing: extra.weight"):
-        init_state_dict(fp32_run / "best.pt", "resnet18", {**shapes, "extra.weight": torch.Size([1])})
+        init_state_dict(fp32_run / "best.pt", "trunc_resnet18", {**shapes, "extra.weight": torch.Size([1])})
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_cli_rejects_a_bad_init_and_bad_distillation_settings(small_root, tmp_pa
     tiny_root = small_root
     out = tmp_path / "bad"
     assert main(["--data-root", str(tiny_root), "--out", str(out), *TINY, "--arch", "mobilenet_v2", "--init", str(fp32_run / "best.pt")]) == 1
-    assert "holds a resnet18 model" in capsys.readouterr().err
+    assert "holds a trunc_resnet18 model" in capsys.readouterr().err
     assert main(["--data-root", str(tiny_root), "--out", str(out), "--set", "train.distill_alpha=2"]) == 2
     assert "train.distill_alpha=2.0 must be a probability" in capsys.readouterr().err
     assert main(["--data-root", str(tiny_root), "--out", str(out), "--block", "cqbb"]) == 2
