@@ -2,7 +2,8 @@
 
 Examples::
 
-    python -m qmdd.train --bits 2                       # W2A2 ResNet-18 on the embedded benchmark
+    python -m qmdd.train --bits 2                       # W2A2 trunc_resnet18 on the embedded benchmark
+    python -m qmdd.train --bits 32 --arch npr_resnet50  # NPR's published detector, FP32
     python -m qmdd.train --bits 32 --epochs 4           # full-precision baseline
     python -m qmdd.train --config configs/cnndetection.yaml --data-root /data/CNNDetection \\
         --classes car,cat,chair,horse --bits 3

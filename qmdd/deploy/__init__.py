@@ -2,8 +2,8 @@
 
 >>> from qmdd.deploy import save_packed, load_packed
 >>> save_packed("model.qmdd", model, config)      # low-bit weights as packed integers
->>> model, config = load_packed("model.qmdd")     # the same fake-quant detector back
->>> fast = to_int8(model, calibration_images(config.data))   # int8 x86 CPU model
+>>> detector = load_packed("model.qmdd")          # the same fake-quant detector back (.model, .config, .threshold)
+>>> fast = to_int8(detector.model, calibration_images(detector.config.data))   # int8 x86 CPU model
 """
 
 from qmdd.deploy._format import (
