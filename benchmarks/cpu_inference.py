@@ -33,7 +33,7 @@ from qmdd.cost import cost_summary
 from qmdd.deploy import calibration_images, save_packed, to_int8
 from qmdd.models import create_model
 from qmdd.quant import calibrate
-from qmdd.training import build_detector
+from qmdd.detector import build_detector
 
 
 def reestimate_batchnorm(model: nn.Module, batches) -> None:

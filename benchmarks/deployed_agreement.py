@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from cpu_inference import interleaved_latency
-from qmdd.config import FULL_PRECISION
 from qmdd.data import build_training_data
 from qmdd.deploy import calibration_images, to_int8
 from qmdd.metrics import accuracy_at, average_precision
-from qmdd.training import build_detector, load_detector
+from qmdd.detector import build_detector, load_detector
 
 
 def _scores(model: torch.nn.Module, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_ap_fake_quant": float(np.mean([r["ap_fake_quant"] for r in rows])),
         "mean_ap_int8": float(np.mean([r["ap_int8"] for r in rows])),
     }
-    fp32_config = replace(config, quant=replace(config.quant, bits=FULL_PRECISION, weight_bits=None, act_bits=None, first_layer_bits=FULL_PRECISION, last_layer_bits=FULL_PRECISION))
-    engines = {"fp32": build_detector(fp32_config).eval(), "int8": int8}
+    engines = {"fp32": build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False).eval(), "int8": int8}
     size = config.data.crop_size
     timing = {}
     for batch_size in (1, 32):

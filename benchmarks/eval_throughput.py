@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from qmdd.config import config_from_dict  # noqa: E402
 from qmdd.evaluation import EvalOptions, SetSpec, Suite, Protocol, evaluate  # noqa: E402
-from qmdd.training import build_detector, resolve_device, save_checkpoint  # noqa: E402
+from qmdd.checkpoint import save_checkpoint  # noqa: E402
+from qmdd.detector import build_detector  # noqa: E402
+from qmdd.training import resolve_device  # noqa: E402
 
 
 def _write_set(root: Path, images: int, size: int) -> None:

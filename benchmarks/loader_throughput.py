@@ -34,7 +34,8 @@ from torch.nn import functional as F
 from qmdd.config import load_config
 from qmdd.data import build_training_data
 from qmdd.quant import calibrate
-from qmdd.training import Trainer, build_detector
+from qmdd.detector import build_detector
+from qmdd.training import Trainer
 
 
 def loader_rate(trainer: Trainer, epochs: int) -> list[float]:

@@ -87,7 +87,7 @@ def transfer(folders: list[Path]) -> str:
 def storage(checkpoints: list[Path]) -> str:
     from qmdd.cost import sparse_cost_summary
     from qmdd.deploy import save_packed
-    from qmdd.training import load_detector
+    from qmdd.detector import load_detector
 
     out = [
         "| checkpoint | model | sparsity (prunable) | params | non-zero | counted, dense convention | counted, sparse | .qmdd file | FP32 / file |",

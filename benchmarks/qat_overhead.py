@@ -41,7 +41,7 @@ from torch.nn import functional as F
 
 from qmdd.config import FULL_PRECISION, QuantConfig
 from qmdd.models import create_model
-from qmdd.quant import calibrate, configure_quantizers, plan_precision, quantize
+from qmdd.quant import calibrate, plan_precision, quantize
 from qmdd.training._loop import autocast
 
 
@@ -167,7 +167,6 @@ def brevitas_model(arch: str, bits: int, images: torch.Tensor) -> nn.Module:
 def qmdd_model(arch: str, bits: int, quantizer: str, images: torch.Tensor) -> nn.Module:
     config = QuantConfig(bits=bits, quantizer=quantizer)
     model = quantize(create_model(arch), config)
-    configure_quantizers(model, config)
     calibrate(model, [images])
     return model
 

@@ -11,6 +11,16 @@ Every field carries its own help text in ``metadata["help"]``: ``python -m qmdd.
 
 Unknown keys are errors with a "did you mean" hint; bad values raise :class:`ConfigError`
 naming the key.
+
+This module imports neither torch nor the registries: names that only a registry knows
+(backbones, input filters, quantizer families, block forms) and the supported bit widths
+are checked by :func:`qmdd.detector.validate_config`, which every entry point calls right
+after building a config.
+
+Each field's ``metadata`` may also say what a continued run may change:
+``"resume": "free"`` for keys that alter neither the model nor the data it sees (more
+epochs, another device), ``"resume": "extend"`` for keys that add stages to a multi-run
+experiment (more pruning levels). :func:`config_diff` reads it.
 """
 
 from __future__ import annotations
@@ -33,7 +43,6 @@ __all__ = [
     "TrainConfig",
     "PruneConfig",
     "RunConfig",
-    "SUPPORTED_BITS",
     "FULL_PRECISION",
     "load_config",
     "config_from_dict",
@@ -41,10 +50,13 @@ __all__ = [
     "apply_overrides",
     "save_config",
     "describe_keys",
+    "config_diff",
+    "carry_over",
+    "suggest",
 ]
 
-#: Bit widths a quantized layer may take; 32 means full precision (no fake quantization).
-SUPPORTED_BITS = (2, 3, 4, 8, 32)
+#: The bit width that means full precision (no fake quantization). The low bit widths a
+#: quantizer supports are ``qmdd.quant.SUPPORTED_BITS``.
 FULL_PRECISION = 32
 
 
@@ -52,16 +64,18 @@ class ConfigError(ValueError):
     """A configuration key is unknown or its value is invalid."""
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, resume: str | None = None, **kwargs: Any) -> Any:
+    metadata = {"help": text}
+    if resume is not None:
+        metadata["resume"] = resume
+    return field(metadata=metadata, **kwargs)
 
 
 def _check_bits(key: str, value: int) -> None:
-    if value not in SUPPORTED_BITS:
-        raise ConfigError(
-            f"{key}={value} is not a supported bit width; choose one of {list(SUPPORTED_BITS)} "
-            f"(32 = full precision)"
-        )
+    # The supported set is qmdd.quant's (checked by qmdd.detector.validate_config); here
+    # only what no quantizer could mean.
+    if not 1 <= value <= FULL_PRECISION:
+        raise ConfigError(f"{key}={value} is not a bit width; use 1..{FULL_PRECISION} (32 = full precision)")
 
 
 def _check_probability(key: str, value: float) -> None:
@@ -140,7 +154,7 @@ class DataConfig:
         "Fixed JPEG quality applied with jpeg_prob during validation (CNNDetection: 65).",
         default=65,
     )
-    num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", default=0)
+    num_workers: int = _help("DataLoader worker processes (0 loads in the main process).", resume="free", default=0)
 
     def __post_init__(self) -> None:
         _check_probability("data.blur_prob", self.blur_prob)
@@ -185,25 +199,6 @@ class ModelConfig:
         "otherwise). See docs/method.md.",
         default=None,
     )
-
-    def __post_init__(self) -> None:
-        from qmdd.models import list_input_filters, list_models  # local import: models import torch
-
-        if self.arch not in list_models():
-            raise ConfigError(
-                f"model.arch={self.arch!r} is unknown{_suggest(self.arch, list_models())}; "
-                f"available: {', '.join(list_models())}"
-            )
-        if self.input_filter is not None and self.input_filter not in list_input_filters():
-            raise ConfigError(
-                f"model.input_filter={self.input_filter!r} is unknown"
-                f"{_suggest(self.input_filter, list_input_filters())}; "
-                f"available: {', '.join(list_input_filters())}"
-            )
-
-
-#: Values of ``quant.block``: the backbone's own blocks, or Connected Quantized Blocks.
-_BLOCKS = ("plain", "cqb")
 
 
 @dataclass(frozen=True)
@@ -268,21 +263,8 @@ class QuantConfig:
             _check_bits("quant.act_bits", self.act_bits)
         _check_bits("quant.first_layer_bits", self.first_layer_bits)
         _check_bits("quant.last_layer_bits", self.last_layer_bits)
-        from qmdd.quant import list_quantizers  # local import: quant imports torch
-
-        if self.quantizer not in list_quantizers():
-            raise ConfigError(
-                f"quant.quantizer={self.quantizer!r} is unknown"
-                f"{_suggest(self.quantizer, list_quantizers())}; "
-                f"available: {', '.join(list_quantizers())}"
-            )
         if self.calibration_batches < 1:
             raise ConfigError("quant.calibration_batches must be >= 1")
-        if self.block not in _BLOCKS:
-            raise ConfigError(
-                f"quant.block={self.block!r} is unknown{_suggest(self.block, _BLOCKS)}; "
-                f"choose one of {', '.join(_BLOCKS)}"
-            )
         if not self.n2uq_threshold_lr_scale > 0:
             raise ConfigError(f"quant.n2uq_threshold_lr_scale={self.n2uq_threshold_lr_scale} must be > 0")
         if not self.slr_shift_init > 0:
@@ -306,12 +288,25 @@ class QuantConfig:
             self.last_layer_bits,
         ) < FULL_PRECISION
 
+    def at_full_precision(self) -> "QuantConfig":
+        """This config with every layer at 32 bits (same block form and family): the float
+        twin of the model, e.g. what ``train.init`` weights are checked against."""
+        return dataclasses.replace(
+            self, bits=FULL_PRECISION, weight_bits=None, act_bits=None, first_layer_bits=FULL_PRECISION, last_layer_bits=FULL_PRECISION
+        )
+
     @property
     def tag(self) -> str:
-        """Short name such as ``fp32`` or ``w2a2``, used in default run folder names."""
-        if self.resolved_weight_bits == self.resolved_act_bits == FULL_PRECISION:
-            return "fp32"
-        return f"w{self.resolved_weight_bits}a{self.resolved_act_bits}"
+        """Short name such as ``fp32``, ``w2a2`` or ``w2a2-first8``, used in run folder names.
+
+        The body's widths, then the first and last layers' when they are not 32 bits, so a
+        model with an 8-bit first layer is never called ``fp32``.
+        """
+        body = "fp32" if self.resolved_weight_bits == self.resolved_act_bits == FULL_PRECISION else f"w{self.resolved_weight_bits}a{self.resolved_act_bits}"
+        for name, bits in (("first", self.first_layer_bits), ("last", self.last_layer_bits)):
+            if bits != FULL_PRECISION:
+                body += f"-{name}{bits}"
+        return body
 
 
 #: Values of ``train.amp``: no autocast, or autocast to bfloat16.
@@ -324,7 +319,7 @@ class TrainConfig:
         "Maximum number of epochs (early stopping may end sooner). The default keeps the "
         "quick start within a few CPU minutes (trunc_resnet18 at 64 px: about 30 s an epoch "
         "on 2 cores); real data wants many more (NPR: 50).",
-        default=6,
+        resume="free", default=6,
     )
     batch_size: int = _help("Images per optimizer step (CNNDetection: 64; NPR: 32).", default=32)
     lr: float = _help(
@@ -333,22 +328,24 @@ class TrainConfig:
     )
     betas: tuple[float, float] = _help("Adam betas (CNNDetection: 0.9, 0.999).", default=(0.9, 0.999))
     weight_decay: float = _help("Adam weight decay (CNNDetection: 0).", default=0.0)
-    early_stop_patience: int = _help(
-        "Epochs without a validation-accuracy gain before the lr is divided by "
-        "lr_decay_factor (CNNDetection: 5).",
+    plateau_patience: int = _help(
+        "Epochs without validation progress (see min_val_gain) before the lr is divided by "
+        "lr_decay_factor: a plateau schedule (CNNDetection's 'early stopping': 5). Once the "
+        "lr would fall below min_lr, training stops.",
         default=5,
     )
-    early_stop_min_delta: float = _help(
-        "Smallest validation-accuracy gain that counts as progress (CNNDetection: 0.001).",
+    min_val_gain: float = _help(
+        "Smallest validation-accuracy gain that counts as progress, for the best epoch "
+        "(best.pt) and the plateau schedule (CNNDetection: 0.001).",
         default=0.001,
     )
     lr_decay_factor: float = _help("Divide the lr by this at the end of patience.", default=10.0)
     min_lr: float = _help("Stop training once the lr falls below this (CNNDetection: 1e-6).", default=1e-6)
     seed: int = _help("Seed of the model init, the data order and the augmentation.", default=0)
-    device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:N]'.", default="auto")
+    device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:N]'.", resume="free", default="auto")
     log_every: int = _help("Log the training loss to TensorBoard every this many steps.", default=10)
     out: str | None = _help(
-        "Run folder. None makes runs/<time>-<arch>-<bits>.", default=None
+        "Run folder. None makes runs/<time>-<arch>-<bits>.", resume="free", default=None
     )
     init: str | None = _help(
         "Checkpoint (e.g. a trained FP32 run's best.pt) whose float weights initialise the "
@@ -382,7 +379,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for key in ("epochs", "batch_size", "early_stop_patience", "log_every"):
+        for key in ("epochs", "batch_size", "plateau_patience", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}={getattr(self, key)} must be >= 1")
         if self.lr <= 0:
@@ -398,7 +395,7 @@ class TrainConfig:
             raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
         if self.amp not in _AMP_MODES:
             raise ConfigError(
-                f"train.amp={self.amp!r} is unknown{_suggest(self.amp, _AMP_MODES)}; "
+                f"train.amp={self.amp!r} is unknown{suggest(self.amp, _AMP_MODES)}; "
                 f"choose one of {', '.join(_AMP_MODES)}"
             )
 
@@ -415,7 +412,7 @@ class PruneConfig:
         "Pruning levels after the dense level 0 (python -m qmdd.lth). Level k keeps "
         "(1 - fraction)^k of the prunable weights: 8 levels at 0.2 end at 83% sparsity. "
         "In a level's own run folder, the number of that level.",
-        default=8,
+        resume="extend", default=8,
     )
     fraction: float = _help(
         "Share of the *remaining* prunable weights removed per level, by smallest magnitude "
@@ -447,12 +444,12 @@ class PruneConfig:
     one_shot: bool = _help(
         "Also run the one-shot baseline: prune the dense level's trained weights once to the "
         "sparsity of an IMP level, then retrain with the same budget as that level.",
-        default=False,
+        resume="extend", default=False,
     )
     one_shot_levels: tuple[int, ...] | None = _help(
         "IMP levels whose sparsity the one-shot baseline matches (e.g. [7] for 79%). None: "
         "levels 2..levels (one-shot to level 1 is IMP's level 1: same mask, same start).",
-        default=None,
+        resume="extend", default=None,
     )
 
     def __post_init__(self) -> None:
@@ -462,13 +459,13 @@ class PruneConfig:
             raise ConfigError(f"prune.fraction={self.fraction} must lie in (0, 1), e.g. 0.2")
         if self.scope not in _PRUNE_SCOPES:
             raise ConfigError(
-                f"prune.scope={self.scope!r} is unknown{_suggest(self.scope, _PRUNE_SCOPES)}; "
+                f"prune.scope={self.scope!r} is unknown{suggest(self.scope, _PRUNE_SCOPES)}; "
                 f"choose one of {', '.join(_PRUNE_SCOPES)}"
             )
         if self.rewind not in _REWIND_NAMES and not (self.rewind.isdigit()):
             raise ConfigError(
                 f"prune.rewind={self.rewind!r} must be none, init or a number of optimizer steps "
-                f"(e.g. 500){_suggest(self.rewind, _REWIND_NAMES)}"
+                f"(e.g. 500){suggest(self.rewind, _REWIND_NAMES)}"
             )
         if not self.prunable:
             raise ConfigError("prune.prunable must name at least one pattern ('*' = every conv/linear layer)")
@@ -500,7 +497,8 @@ class RunConfig:
 # --------------------------------------------------------------------------- conversion
 
 
-def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -579,11 +577,24 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
     for key in values:
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{prefix}{key}'{_suggest(str(key), names)}; "
+                f"unknown config key '{prefix}{key}'{suggest(str(key), names)}; "
                 f"valid keys in {prefix.rstrip('.') or 'the top level'}: {', '.join(names)}"
             )
     kwargs = {k: _convert(f"{prefix}{k}", v, hints[k]) for k, v in values.items()}
     return cls(**kwargs)
+
+
+#: Keys renamed since they were first written into configs and checkpoints: read under
+#: either name, written under the new one.
+_RENAMED_KEYS = {"train": {"early_stop_patience": "plateau_patience", "early_stop_min_delta": "min_val_gain"}}
+
+
+def _with_current_names(values: Mapping[str, Any]) -> dict[str, Any]:
+    updated = dict(values)
+    for section, renames in _RENAMED_KEYS.items():
+        if isinstance(updated.get(section), Mapping) and any(old in updated[section] for old in renames):
+            updated[section] = {renames.get(key, key): value for key, value in updated[section].items()}
+    return updated
 
 
 def config_from_dict(values: Mapping[str, Any] | None) -> RunConfig:
@@ -592,7 +603,7 @@ def config_from_dict(values: Mapping[str, Any] | None) -> RunConfig:
         values = {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"a config must be a mapping of sections, got {type(values).__name__}")
-    return _build(RunConfig, values)
+    return _build(RunConfig, _with_current_names(values))
 
 
 def _plain(value: Any) -> Any:
@@ -637,18 +648,56 @@ def apply_overrides(config: RunConfig, overrides: typing.Sequence[str]) -> RunCo
         section, key = parts
         if section not in values:
             raise ConfigError(
-                f"unknown config section {section!r}{_suggest(section, values)}; "
+                f"unknown config section {section!r}{suggest(section, values)}; "
                 f"valid sections: {', '.join(values)}"
             )
         if key not in values[section]:
             raise ConfigError(
-                f"unknown config key '{section}.{key}'{_suggest(key, values[section])}; "
+                f"unknown config key '{section}.{key}'{suggest(key, values[section])}; "
                 f"valid keys in {section}: {', '.join(values[section])}"
             )
         try:
             values[section][key] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             values[section][key] = raw
+    return config_from_dict(values)
+
+
+def _resume_kind(section: str, key: str) -> str | None:
+    section_type = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}[section]  # type: ignore[misc]
+    return {f.name: f.metadata.get("resume") for f in dataclasses.fields(section_type)}[key]  # type: ignore[arg-type]
+
+
+def config_diff(
+    old: RunConfig,
+    new: RunConfig,
+    *,
+    allow: typing.Collection[str] = (),
+    sections: typing.Collection[str] | None = None,
+) -> list[str]:
+    """``"section.key: old -> new"`` for every key that differs between two configs.
+
+    ``allow``: resume kinds (field metadata ``"resume"``: ``"free"``, ``"extend"``) whose
+    keys may differ and are left out; ``sections``: compare only these sections. A resumed
+    run allows ``{"free"}``, a continued multi-run experiment ``{"free", "extend"}``.
+    """
+    a, b = config_to_dict(old), config_to_dict(new)
+    return [
+        f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}"
+        for section in a
+        if sections is None or section in sections
+        for key in a[section]
+        if a[section][key] != b[section][key] and _resume_kind(section, key) not in allow
+    ]
+
+
+def carry_over(saved: RunConfig, new: RunConfig, kinds: typing.Collection[str] = ("free",)) -> RunConfig:
+    """``saved`` with the keys of the given resume kinds taken from ``new`` (e.g. more epochs)."""
+    values, incoming = config_to_dict(saved), config_to_dict(new)
+    for section in values:
+        for key in values[section]:
+            if _resume_kind(section, key) in kinds:
+                values[section][key] = incoming[section][key]
     return config_from_dict(values)
 
 

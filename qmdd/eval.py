@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from qmdd.data import DataLayoutError
     from qmdd.evaluation import EvalError, EvalOptions, SuiteError, evaluate, format_table, log_tensorboard, resolve_suite_name, write_reports
-    from qmdd.training import CheckpointError
+    from qmdd.checkpoint import CheckpointError
 
     try:
         suite = resolve_suite_name(args.suite)

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(path: str):
-    from qmdd.training import load_detector
+    from qmdd.detector import load_detector
 
     loaded = load_detector(path)
     model, config = loaded.model, loaded.config
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qmdd.data import DetectorTransform, ImageLoadError, load_rgb
     from qmdd.gradcam import GradCAM, attention_shift, overlay, to_uint8_image
     from qmdd.predict import collect_images
-    from qmdd.training import CheckpointError
+    from qmdd.checkpoint import CheckpointError
     from qmdd.utils import atomic_write_text
 
     try:

@@ -49,7 +49,8 @@ def fp32_state_dict_bytes(arch: str, input_filter: str | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from qmdd.deploy import FILE_SUFFIX, PackedFormatError, save_packed
-    from qmdd.training import CheckpointError, load_detector
+    from qmdd.checkpoint import CheckpointError
+    from qmdd.detector import load_detector
 
     try:
         loaded = load_detector(args.checkpoint)

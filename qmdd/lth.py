@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from qmdd.config import ConfigError, load_config
+from qmdd.run_folder import CONFIG_FILE
 from qmdd.train import _SHORTCUTS as _TRAIN_SHORTCUTS
 from qmdd.train import answer_listing, print_config, shortcut_overrides
 from qmdd.train import build_parser as _train_parser
@@ -85,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if answer_listing(args):
         return 0
     from qmdd.data import DataLayoutError, ImageLoadError
+    from qmdd.detector import validate_config
     from qmdd.prune import PruneError, format_rows, format_transfer, run_lottery, run_transfer, summarise
-    from qmdd.training import CheckpointError, RunError
+    from qmdd.checkpoint import CheckpointError
+    from qmdd.training import RunError
 
     if args.summarise:
         if not args.out:
@@ -99,9 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.transfer:
             if args.config:
                 raise ConfigError("--transfer takes the source experiment's config; give overrides, not --config")
-            base = Path(args.transfer) / "config.yaml"
+            base = Path(args.transfer) / CONFIG_FILE
             if not base.is_file():
-                raise ConfigError(f"--transfer {args.transfer}: no config.yaml there; is it a python -m qmdd.lth folder?")
+                raise ConfigError(f"--transfer {args.transfer}: no {CONFIG_FILE} there; is it a python -m qmdd.lth folder?")
             config = load_config(base, _overrides(args))
             if args.out is None:  # the source's own train.out must not be reused
                 config = load_config(base, [*_overrides(args), f"train.out={_default_out(config, args.transfer)}"])
@@ -109,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = load_config(args.config, _overrides(args))
             if config.train.out is None:
                 config = load_config(args.config, [*_overrides(args), f"train.out={_default_out(config, None)}"])
+        validate_config(config)
         levels = [int(v) for v in args.transfer_levels.split(",") if v.strip()] if args.transfer_levels else None
     except (ConfigError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -7,7 +7,7 @@ Examples::
     python -m qmdd.report --arch resnet50 --bits 2 --input-size 224  # no checkpoint needed
     python -m qmdd.report --arch mobilenet_v2 --bits 3 --set quant.first_layer_bits=8
 
-Conventions (reference.md §4, Bi-Real Net/ReActNet): BOPs = MACs * b_w * b_a for low-bit
+Conventions (Bi-Real Net, Liu et al. ECCV 2018; ReActNet, Liu et al. ECCV 2020; docs/deployment.md): BOPs = MACs * b_w * b_a for low-bit
 layers, FLOPs = MACs for full-precision layers, OPs = BOPs / 64 + FLOPs; storage counts
 quantized weights at their bit width, masks at 1 bit and every other tensor at 32 bits.
 Ratios are against the same architecture in FP32.
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from qmdd.config import ConfigError, load_config
-    from qmdd.training import CheckpointError, build_detector, load_detector
+    from qmdd.checkpoint import CheckpointError
+    from qmdd.detector import build_detector, load_detector
 
     if args.checkpoint and (args.arch or args.bits is not None or args.overrides):
         print("error: give either --checkpoint or --arch/--bits/--set, not both", file=sys.stderr)

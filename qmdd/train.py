@@ -24,11 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from qmdd.config import SUPPORTED_BITS, ConfigError, describe_keys, load_config
+from qmdd.config import ConfigError, describe_keys, load_config
+from qmdd.quant import SUPPORTED_BITS
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "build_config"]
 
 # CLI flag -> dotted config key. Each flag is a shortcut for --set KEY=VALUE.
 _SHORTCUTS = {
@@ -79,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="data-loader worker processes")
     parser.add_argument("--amp", help="mixed precision: none (default) or bf16 (bfloat16 autocast)")
     parser.add_argument("--out", help="run folder (default runs/<time>-<arch>-<bits>)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt, with the config it was started with (flags may change only train.epochs, train.device, train.out and data.num_workers)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override any config key, e.g. --set train.weight_decay=1e-4 (repeatable; see --list-keys)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     parser.add_argument("--list-keys", action="store_true", help="list every config key with its default and meaning, and exit")
@@ -114,13 +116,42 @@ def print_config(config) -> None:
     print(yaml.safe_dump(config_to_dict(config), sort_keys=False), end="")
 
 
+def build_config(args: argparse.Namespace):
+    """The run's config from the parsed flags, with the registry names checked.
+
+    A new run: defaults, then ``--config``, then the shortcut flags, then ``--set``. With
+    ``--resume``: the config the run in ``--out`` was started with (from its ``last.pt``),
+    then the flags given now, which may only change what a resumed run may change.
+    """
+    from qmdd.detector import validate_config
+
+    overrides = [*shortcut_overrides(args), *args.overrides]
+    if not args.resume:
+        return validate_config(load_config(args.config, overrides))
+    if args.config:
+        raise ConfigError("--resume continues the run in --out with its own config; leave out --config (--set changes what may change, e.g. --set train.epochs=20)")
+    if not args.out:
+        raise ConfigError("--resume needs --out, the folder of the run to continue")
+    from qmdd.checkpoint import CheckpointError, load_checkpoint
+    from qmdd.config import apply_overrides, config_from_dict
+    from qmdd.run_folder import LAST_CHECKPOINT
+
+    last = Path(args.out) / LAST_CHECKPOINT
+    if not last.is_file():
+        raise ConfigError(f"--resume: {args.out} holds no {LAST_CHECKPOINT} to continue from")
+    try:
+        saved = config_from_dict(load_checkpoint(last)["config"])
+    except (CheckpointError, KeyError) as error:
+        raise ConfigError(f"--resume: {last} cannot be read: {error}") from None
+    return validate_config(apply_overrides(saved, overrides))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if answer_listing(args):
         return 0
-    overrides = shortcut_overrides(args)
     try:
-        config = load_config(args.config, [*overrides, *args.overrides])
+        config = build_config(args)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -129,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from qmdd.data import DataLayoutError, ImageLoadError
-    from qmdd.training import CheckpointError, RunError, run
+    from qmdd.checkpoint import CheckpointError
+    from qmdd.training import RunError, run
     from qmdd.training._distributed import environment_world_size, leave_process_group
 
     # Under torchrun, ranks other than 0 print nothing but errors.

@@ -8,7 +8,7 @@ from torch import nn
 
 from qmdd.config import ConfigError, DataConfig, QuantConfig, load_config
 from qmdd.data import build_training_data
-from qmdd.quant import calibrate, configure_quantizers, quantize
+from qmdd.quant import calibrate, quantize
 from qmdd.train import main
 from qmdd.training import Trainer
 from qmdd.training._loop import autocast
@@ -23,7 +23,6 @@ def _bn_model(quantizer: str) -> nn.Module:
     )
     config = QuantConfig(bits=2, quantizer=quantizer)
     quantize(model, config)
-    configure_quantizers(model, config)
     return model
 
 

@@ -12,7 +12,8 @@ from torch import multiprocessing as mp
 
 import ddp_worker
 from qmdd.metrics import binary_metrics
-from qmdd.training import EpochShuffleSampler, load_detector
+from qmdd.detector import load_detector
+from qmdd.training import EpochShuffleSampler
 from qmdd.training._loop import predict
 
 

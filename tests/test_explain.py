@@ -14,7 +14,8 @@ from qmdd.gradcam import GradCAM, attention_shift, default_target_layer, heat_co
 from qmdd.models import create_model
 from qmdd.prune import Mask, prune_to_level
 from qmdd.quant import calibrate
-from qmdd.training import build_detector, save_checkpoint
+from qmdd.checkpoint import save_checkpoint
+from qmdd.detector import build_detector
 
 
 def _mean_of_channel0() -> nn.Module:
@@ -66,7 +67,7 @@ def _w2_mesonet(sparse_level: int | None = None):
         dense = Mask.dense(model, PruneConfig())
         prune_to_level(dict(model.named_parameters()), dense, 0.2, sparse_level, "global").apply(model)
     # BatchNorm statistics of the data, as training would leave them: with the initial
-    # (0, 1) statistics an untrained 2-bit model collapses in eval mode (reference.md §7).
+    # (0, 1) statistics an untrained 2-bit model collapses in eval mode.
     batchnorms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     for bn in batchnorms:
         bn.reset_running_stats()
@@ -115,15 +116,29 @@ def test_cli_writes_overlays_and_the_attention_shift(tmp_path, tiny_root):
     assert main(["--checkpoint", str(tmp_path / "missing.pt"), images]) == 1
 
 
-def test_matches_the_grad_cam_package_when_it_is_installed():
-    library = pytest.importorskip("pytorch_grad_cam")  # not a dependency; see docs/lottery.md
-    from pytorch_grad_cam.utils.model_targets import RawScoresOutputTarget
-
+def test_matches_a_hand_computation_on_a_w2_resnet():
+    """On a W2A2 ResNet-18, the hook-based maps equal Grad-CAM computed by hand: layer4's
+    output taken from an explicit forward pass, its gradient by autograd, then the
+    published formula (alpha_k = spatial mean of dy/dA^k, L = ReLU(sum_k alpha_k A^k)),
+    min-max scaled and upsampled as the grad-cam package does."""
     config = load_config(None, ["model.arch=resnet18", "quant.bits=2"])
     torch.manual_seed(0)
     model = build_detector(config)
     calibrate(model, [torch.randn(8, 3, 64, 64)])
     model.eval()
     x = torch.randn(4, 3, 64, 64)
-    theirs = library.GradCAM(model=model, target_layers=[model.layer4])(input_tensor=x, targets=[RawScoresOutputTarget()] * 4)
-    assert torch.allclose(GradCAM(model)(x), torch.from_numpy(theirs), atol=1e-5)
+    stem = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    features = model.layer4(model.layer3(model.layer2(model.layer1(stem)))).detach().requires_grad_(True)
+    logits = model.fc(torch.flatten(model.avgpool(features), 1)).reshape(-1)
+    (grads,) = torch.autograd.grad(logits.sum(), features)
+    alpha = grads.mean(dim=(2, 3)).numpy()
+    maps = features.detach().numpy()
+    expected = []
+    for image in range(4):
+        cam = np.maximum((alpha[image][:, None, None] * maps[image]).sum(axis=0), 0.0)
+        cam = (cam - cam.min()) / (cam.max() - cam.min() + 1e-7)
+        expected.append(torch.from_numpy(cam))
+    expected = nn.functional.interpolate(torch.stack(expected)[:, None].float(), size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+    ours = GradCAM(model)(x)
+    assert GradCAM(model).layer is None and default_target_layer(model, x) == "layer4"
+    assert torch.allclose(ours, expected.clamp(0, 1), atol=1e-5)

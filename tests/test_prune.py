@@ -20,7 +20,6 @@ from qmdd.prune import (
     SaveStateAtStep,
     check_quantizers_keep_zeros,
     family_training_root,
-    level_dir,
     load_state_file,
     planned_unpruned,
     prune_level,
@@ -30,7 +29,10 @@ from qmdd.prune import (
     run_transfer,
 )
 from qmdd.quant import calibrate, quantize
-from qmdd.training import Callback, RunError, TrainState, load_checkpoint, load_detector
+from qmdd.checkpoint import load_checkpoint
+from qmdd.detector import load_detector
+from qmdd.run_folder import level_dir
+from qmdd.training import Callback, RunError, TrainState
 
 from tiny_data import make_tiny_forensynths
 

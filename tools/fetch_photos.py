@@ -19,7 +19,7 @@ Usage::
         --wheel /tmp/photos/whl/scikit_image-0.26.0-...whl --wheel /tmp/sklearn.whl
     python tools/fetch_photos.py --sklearn-images "$(python -c 'import sklearn,os;print(os.path.dirname(sklearn.__file__))')/datasets/images"
 
-Normalisation (reference.md §6, "Rules that keep it honest"): RGB; the short side is
+Normalisation (docs/benchmark.md, "What keeps it honest"): RGB; the short side is
 resized to at most 512 px with Pillow's Lanczos filter (which antialiases when reducing);
 re-encoded as baseline JPEG, quality 95, 4:4:4 chroma (no chroma subsampling, so the
 reals carry no half-resolution chroma trace), no metadata.
@@ -42,7 +42,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "qmdd" / "data" / "assets" / "photos"
-MAX_SHORT_SIDE = 512  # px; washes out camera/JPEG-grid traces of the originals (reference.md §6)
+MAX_SHORT_SIDE = 512  # px; washes out camera/JPEG-grid traces of the originals (docs/benchmark.md)
 JPEG_QUALITY = 95
 
 CC_BY_4 = ("CC-BY-4.0", "https://creativecommons.org/licenses/by/4.0/")

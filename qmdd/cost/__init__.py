@@ -3,7 +3,7 @@
 >>> from qmdd.cost import cost_summary
 >>> cost_summary(model, 224)["ops_ratio"]        # FP32 OPs / this model's OPs
 
-Conventions and sources are in :mod:`qmdd.cost._counters` (reference.md §4); the counters
+Conventions and sources are in :mod:`qmdd.cost._counters` (docs/deployment.md); the counters
 for pruned models (non-zero parameters, sparse storage) in :mod:`qmdd.cost._sparse`.
 """
 

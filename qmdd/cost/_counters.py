@@ -1,6 +1,6 @@
 """Compute and storage counters for (fake-)quantized detectors.
 
-Conventions (reference.md §4, after Bi-Real Net, Liu et al. ECCV 2018, and ReActNet, Liu et
+Conventions (docs/deployment.md, after Bi-Real Net, Liu et al. ECCV 2018, and ReActNet, Liu et
 al. ECCV 2020):
 
 * **MACs**: multiply-accumulates of the convolutions and linear layers for one image,
@@ -35,7 +35,7 @@ from torch import nn
 
 from qmdd.config import FULL_PRECISION
 from qmdd.models import InputFilter
-from qmdd.quant import Quantizer, quantized_layers
+from qmdd.quant import QUANTIZER_ATTRIBUTES, Quantizer, quantized_layers
 
 __all__ = [
     "LayerCost",
@@ -276,7 +276,7 @@ def count_costs(model: nn.Module, input_size: int | Sequence[int]) -> CostReport
             for key in tensor_bits
             if key.startswith(prefix)
             and key not in claimed
-            and ("." not in key[len(prefix):] or key[len(prefix):].split(".")[0] in _QUANTIZER_CHILDREN)
+            and ("." not in key[len(prefix):] or key[len(prefix):].split(".")[0] in QUANTIZER_ATTRIBUTES)
         ]
         claimed.update(own)
         storage = sum(tensor_bits[key] for key in own)
@@ -314,9 +314,6 @@ def _filter_cost(name: str, module: InputFilter, filter_flops: int) -> LayerCost
         name=name, kind="filter", shape=module.name, weight_bits=FULL_PRECISION, act_bits=FULL_PRECISION,
         params=0, macs=0, bops=0, flops=filter_flops, storage_bits=0,
     )
-
-
-_QUANTIZER_CHILDREN = ("weight_quantizer", "input_quantizer")
 
 
 def _storage_by_tensor(model: nn.Module) -> dict[str, int]:
@@ -367,7 +364,7 @@ def macs(model: nn.Module, input_size: int | Sequence[int]) -> int:
 
 
 def bops(model: nn.Module, input_size: int | Sequence[int]) -> int:
-    """Binary operations: sum over low-bit layers of MACs * b_w * b_a (reference.md §4)."""
+    """Binary operations: sum over low-bit layers of MACs * b_w * b_a (Bi-Real Net, ReActNet)."""
     return count_costs(model, input_size).bops
 
 
@@ -377,7 +374,7 @@ def flops(model: nn.Module, input_size: int | Sequence[int]) -> int:
 
 
 def ops(model: nn.Module, input_size: int | Sequence[int]) -> float:
-    """OPs = BOPs / 64 + FLOPs (Bi-Real Net, ReActNet; reference.md §4)."""
+    """OPs = BOPs / 64 + FLOPs (Bi-Real Net, ReActNet)."""
     return count_costs(model, input_size).ops
 
 

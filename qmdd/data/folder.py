@@ -1,6 +1,6 @@
 """ForenSynths-layout image sets: labels come from ``0_real`` / ``1_fake`` folder names.
 
-Layout (reference.md §2)::
+Layout (ForenSynths, Wang et al. CVPR 2020; docs/data.md)::
 
     <root>/train/<class>/{0_real,1_fake}/*.png
     <root>/val/<class>/{0_real,1_fake}/...

@@ -5,7 +5,7 @@ Each sample's randomness comes from a ``numpy.random.Generator`` seeded by
 whatever the number of loader workers, and a resumed run sees exactly the images an
 uninterrupted run would.
 
-Order (CNNDetection, reference.md §2): optional resize of the shorter side; Gaussian blur
+Order (CNNDetection, Wang et al. CVPR 2020): optional resize of the shorter side; Gaussian blur
 with probability ``blur_prob`` (sigma ~ U[blur_sigma]); JPEG re-compression with
 probability ``jpeg_prob`` (quality ~ U[jpeg_quality]); crop (random in training, centred
 otherwise); horizontal flip in training; ImageNet normalisation.

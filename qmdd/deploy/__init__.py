@@ -11,6 +11,7 @@ from qmdd.deploy._format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MAGIC,
+    READABLE_VERSIONS,
     PackedFormatError,
     PackedStats,
     load_packed,
@@ -19,12 +20,13 @@ from qmdd.deploy._format import (
     save_packed,
     unpack_codes,
 )
-from qmdd.deploy._int8 import Int8ConversionError, Int8LSQInput, LSQInput, calibration_images, lowbit_float_model, to_int8
+from qmdd.deploy._int8 import Int8ConversionError, Int8LSQInput, Int8Model, LSQInput, calibration_images, lowbit_float_model, to_int8
 
 __all__ = [
     "FILE_SUFFIX",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "MAGIC",
     "PackedFormatError",
     "PackedStats",
@@ -35,6 +37,7 @@ __all__ = [
     "unpack_codes",
     "Int8ConversionError",
     "Int8LSQInput",
+    "Int8Model",
     "LSQInput",
     "calibration_images",
     "lowbit_float_model",

@@ -22,7 +22,7 @@ import struct
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,19 +30,18 @@ from torch import nn
 
 import qmdd
 from qmdd.config import FULL_PRECISION, ConfigError, RunConfig, config_from_dict, config_to_dict
+from qmdd.detector import LoadedDetector, build_detector, resolve_model_defaults, validate_config
 from qmdd.metrics import DEFAULT_THRESHOLD
-from qmdd.quant import LSQWeightQuantizer, quantized_layers
-from qmdd.quant._lsq import _MIN_STEP  # the step floor LSQ's forward applies; decoding must match
+from qmdd.quant import LSQ_MIN_STEP, WeightCodes, quantized_layers
 from qmdd.utils import atomic_write
 
-if TYPE_CHECKING:
-    from qmdd.training import LoadedDetector
 
 __all__ = [
     "FORMAT_NAME",
     "FILE_SUFFIX",
     "MAGIC",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "PackedFormatError",
     "PackedStats",
     "save_packed",
@@ -57,7 +56,10 @@ FILE_SUFFIX = ".qmdd"
 #: PNG-style magic: a non-ASCII first byte, then CR LF, ^Z, LF, so text-mode transfers and
 #: ``type``/``cat`` mishaps are detected.
 MAGIC = b"\x89QMDD\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this reader decodes: 1 stored LSQ weights as codes that refer to the state
+#: dict's step tensor (``lsq_codes``); 2 stores any family's codes with their own scales.
+READABLE_VERSIONS = (1, 2)
 _HEADER_FORMAT = "qmdd-packed-model"
 # Fixed prefix after the magic: format version (uint16), header length (uint32),
 # header CRC32 (uint32), all little-endian.
@@ -75,7 +77,9 @@ _MAX_NAME_CHARS = 1_000
 _RAW = {"float32": 4, "int64": 8, "bool": 1}
 # encoding -> (stored little-endian numpy dtype, native numpy dtype)
 _RAW_DTYPES = {"float32": ("<f4", np.float32), "int64": ("<i8", np.int64), "bool": ("u1", np.uint8)}
-_ENCODINGS = {*_RAW, "float32_sparse", "lsq_codes", "lsq_codes_sparse", "bitmask"}
+_CODE_ENCODINGS = ("codes", "codes_sparse")  # version 2: any family's WeightCodes
+_LEGACY_CODE_ENCODINGS = ("lsq_codes", "lsq_codes_sparse")  # version 1 (read only)
+_ENCODINGS = {*_RAW, "float32_sparse", "bitmask", *_CODE_ENCODINGS, *_LEGACY_CODE_ENCODINGS}
 
 
 class PackedFormatError(ValueError):
@@ -126,36 +130,37 @@ def _packed_bytes(count: int, bits: int) -> int:
 # ----------------------------------------------------------------------------- export
 
 
-def _lsq_weight_layers(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
-    """state-dict weight key -> (step key, layer) for layers whose weights export as codes."""
+def _coded_weight_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """state-dict weight key -> layer, for the low-bit layers whose family exports codes
+    (``Quantizer.weight_codes``); other weights are stored as float32, which is exact."""
     result = {}
     for name, layer in quantized_layers(model):
-        # Only LSQ's grid is code * step with a stored step; other families (N2UQ derives its
-        # scale from the weight at every forward) keep float32 weights, which stay exact.
-        if layer.weight_bits >= FULL_PRECISION or not isinstance(layer.weight_quantizer, LSQWeightQuantizer):
+        if layer.weight_bits >= FULL_PRECISION:
             continue
+        with torch.no_grad():
+            if layer.weight_quantizer.weight_codes(layer.weight.detach()) is None:
+                continue
         prefix = f"{name}." if name else ""
-        weight_key = prefix + ("weight_orig" if hasattr(layer, "weight_orig") else "weight")
-        result[weight_key] = (prefix + "weight_quantizer.step", layer)
+        result[prefix + ("weight_orig" if hasattr(layer, "weight_orig") else "weight")] = layer
     return result
 
 
-def _encode_lsq(layer: nn.Module, step_key: str) -> tuple[dict[str, Any], bytes]:
-    bits = layer.weight_bits
-    with torch.no_grad():
-        # layer.weight is the masked weight under torch.nn.utils.prune: pruned codes are 0.
-        codes = layer.weight_quantizer.integer_codes(layer.weight.detach()).cpu().to(torch.int64).numpy()
-    offset = 2 ** (bits - 1)  # signed codes [-2^(b-1), 2^(b-1)-1] stored as code + 2^(b-1)
-    unsigned = (codes + offset).astype(np.uint8).ravel()
-    entry: dict[str, Any] = {"bits": bits, "step": step_key}
-    dense = pack_codes(unsigned, bits)
-    nonzero = codes.ravel() != 0
+def _encode_codes(layer: nn.Module) -> tuple[dict[str, Any], bytes]:
+    """``codes``: the b-bit codes, then one float32 scale per output channel; ``codes_sparse``
+    when a bitmap of the codes that are not the zero point plus those codes is smaller."""
+    # layer.weight is the masked weight under torch.nn.utils.prune: pruned codes are the zero point.
+    coded: WeightCodes = layer.weight_quantizer.weight_codes(layer.weight.detach())
+    codes = coded.codes.cpu().numpy().astype(np.uint8).ravel()
+    scales = coded.scale.detach().cpu().numpy().astype("<f4").tobytes()
+    entry: dict[str, Any] = {"bits": coded.bits, "zero_point": coded.zero_point, "channels": int(coded.scale.numel())}
+    dense = pack_codes(codes, coded.bits)
+    nonzero = codes != coded.zero_point
     count = int(nonzero.sum())
-    if _packed_bytes(codes.size, 1) + _packed_bytes(count, bits) < len(dense):
-        entry.update(encoding="lsq_codes_sparse", nonzero=count)
-        return entry, np.packbits(nonzero, bitorder="little").tobytes() + pack_codes(unsigned[nonzero], bits)
-    entry["encoding"] = "lsq_codes"
-    return entry, dense
+    if _packed_bytes(codes.size, 1) + _packed_bytes(count, coded.bits) < len(dense):
+        entry.update(encoding="codes_sparse", nonzero=count)
+        return entry, np.packbits(nonzero, bitorder="little").tobytes() + pack_codes(codes[nonzero], coded.bits) + scales
+    entry["encoding"] = "codes"
+    return entry, dense + scales
 
 
 def _encode_tensor(key: str, tensor: torch.Tensor) -> tuple[dict[str, Any], bytes]:
@@ -181,8 +186,10 @@ def _encode_tensor(key: str, tensor: torch.Tensor) -> tuple[dict[str, Any], byte
 def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold: float = DEFAULT_THRESHOLD) -> PackedStats:
     """Write ``model`` (built from ``config`` and calibrated) as a QMDD packed model, atomically.
 
-    The quantized weights are stored as their integer codes; loading gives weights equal to
-    ``code * step``, so the loaded model's outputs equal the fake-quant model's exactly.
+    The quantized weights are stored as their integer codes with per-channel scales
+    (whatever the family's ``weight_codes`` gives); loading gives weights equal to
+    ``(code - zero_point) * scale``, the values the fake quantizer produced, so the loaded
+    model's outputs equal the fake-quant model's.
     ``threshold``: the decision threshold on ``sigmoid(logit)`` (the checkpoint's,
     fitted on validation), stored in the header for ``qmdd.predict``.
     """
@@ -196,7 +203,7 @@ def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold
             f"cannot export an uncalibrated model ({uncalibrated[0]} and {len(uncalibrated) - 1} more): "
             "calibrate or train it first"
         )
-    lsq = _lsq_weight_layers(model)
+    coded = _coded_weight_layers(model)
     entries: list[dict[str, Any]] = []
     chunks: list[bytes] = []
     offset = 0
@@ -208,8 +215,8 @@ def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold
             # Pruned values never reach the output: store them as zeros, which the sparse
             # encodings then skip.
             tensor = tensor * mask
-        if key in lsq:
-            entry, payload = _encode_lsq(lsq[key][1], lsq[key][0])
+        if key in coded:
+            entry, payload = _encode_codes(coded[key])
         else:
             entry, payload = _encode_tensor(key, tensor)
         entry.update(name=key, shape=list(tensor.shape), offset=offset, length=len(payload))
@@ -260,12 +267,20 @@ def _expected_length(path: Path, entry: dict[str, Any], elements: int) -> int:
         return elements * _RAW[encoding]
     if encoding == "bitmask":
         return _packed_bytes(elements, 1)
-    if encoding in ("lsq_codes", "lsq_codes_sparse"):
+    if encoding in (*_CODE_ENCODINGS, *_LEGACY_CODE_ENCODINGS):
         bits = _expect_int(path, f"tensor {name!r} bits", entry.get("bits"), 1, 8)
-        if encoding == "lsq_codes":
-            return _packed_bytes(elements, bits)
+        scales = 0
+        if encoding in _CODE_ENCODINGS:
+            channels = entry["shape"][0] if entry["shape"] else 0
+            _expect_int(path, f"tensor {name!r} channels", entry.get("channels"), channels, channels)
+            zero_point = entry.get("zero_point")
+            if isinstance(zero_point, bool) or not isinstance(zero_point, (int, float)) or not 0 <= zero_point <= 2**bits - 1:
+                raise _fail(path, f"tensor {name!r} zero_point must be a number in [0, {2**bits - 1}], got {zero_point!r}")
+            scales = 4 * channels
+        if encoding in ("codes", "lsq_codes"):
+            return _packed_bytes(elements, bits) + scales
         nonzero = _expect_int(path, f"tensor {name!r} nonzero", entry.get("nonzero"), 0, elements)
-        return _packed_bytes(elements, 1) + _packed_bytes(nonzero, bits)
+        return _packed_bytes(elements, 1) + _packed_bytes(nonzero, bits) + scales
     nonzero = _expect_int(path, f"tensor {name!r} nonzero", entry.get("nonzero"), 0, elements)
     return _packed_bytes(elements, 1) + 4 * nonzero  # float32_sparse
 
@@ -307,7 +322,9 @@ def _check_entries(path: Path, tensors: Any, data_bytes: int) -> list[dict[str, 
             raise _fail(path, f"tensor {name!r} overlaps the previous tensor's bytes")
         end = offset + length
     for entry in tensors:
-        if entry["encoding"].startswith("lsq_codes"):
+        if entry["encoding"] in _CODE_ENCODINGS and not entry["shape"]:
+            raise _fail(path, f"tensor {entry['name']!r} has codes but no output-channel dimension")
+        if entry["encoding"] in _LEGACY_CODE_ENCODINGS:
             step = next((e for e in tensors if e["name"] == entry.get("step")), None) if isinstance(entry.get("step"), str) else None
             if step is None or step["encoding"] != "float32" or len(entry["shape"]) < 1 or step["shape"] != [entry["shape"][0]]:
                 raise _fail(path, f"tensor {entry['name']!r} needs a float32 step tensor of shape [{entry['shape'][0] if entry['shape'] else '?'}], got {entry.get('step')!r}")
@@ -338,18 +355,31 @@ def _decode(path: Path, entry: dict[str, Any], data: memoryview, decoded: dict[s
         values[flags] = np.frombuffer(payload[_packed_bytes(elements, 1) :], dtype="<f4")
         return torch.from_numpy(values).reshape(shape)
     bits = entry["bits"]
-    offset = 2 ** (bits - 1)
-    if encoding == "lsq_codes":
-        unsigned = unpack_codes(payload, bits, elements)
-    else:
-        nonzero = entry["nonzero"]
-        flags = _bitmap(path, name, payload[: _packed_bytes(elements, 1)], elements, nonzero)
-        unsigned = np.full(elements, offset, dtype=np.uint8)  # code 0
-        unsigned[flags] = unpack_codes(payload[_packed_bytes(elements, 1) :], bits, nonzero)
-    codes = torch.from_numpy(unsigned.astype(np.float32) - offset).reshape(shape)
-    step = decoded[entry["step"]].clamp_min(_MIN_STEP).view(-1, *([1] * (len(shape) - 1)))
-    # The same product the fake quantizer computes, so re-quantizing gives the same codes.
-    return codes * step
+    if encoding in _CODE_ENCODINGS:
+        zero_point = float(entry["zero_point"])
+        scale_bytes = 4 * entry["channels"]
+        scale = torch.from_numpy(np.frombuffer(payload[len(payload) - scale_bytes :], dtype="<f4").astype(np.float32))
+        payload = payload[: len(payload) - scale_bytes]
+    else:  # version 1: signed LSQ codes stored + 2^(b-1), scale = the state dict's step
+        zero_point = float(2 ** (bits - 1))
+        scale = decoded[entry["step"]].clamp_min(LSQ_MIN_STEP)  # the floor LSQ's forward applies
+    unsigned = _unpack_entry_codes(path, entry, payload, elements, int(zero_point) if zero_point.is_integer() else 0)
+    codes = torch.from_numpy(unsigned.astype(np.int64)).reshape(shape)
+    # (code - zero_point) * scale: the product the fake quantizer computes, so
+    # re-quantizing the decoded weight gives the same codes.
+    return WeightCodes(codes=codes, zero_point=zero_point, scale=scale, bits=bits).values()
+
+
+def _unpack_entry_codes(path: Path, entry: dict[str, Any], payload: bytes, elements: int, fill: int) -> np.ndarray:
+    """The unsigned codes of a dense or sparse code entry (sparse: absent codes are ``fill``)."""
+    bits = entry["bits"]
+    if entry["encoding"] in ("codes", "lsq_codes"):
+        return unpack_codes(payload, bits, elements)
+    nonzero = entry["nonzero"]
+    flags = _bitmap(path, entry["name"], payload[: _packed_bytes(elements, 1)], elements, nonzero)
+    unsigned = np.full(elements, fill, dtype=np.uint8)
+    unsigned[flags] = unpack_codes(payload[_packed_bytes(elements, 1) :], bits, nonzero)
+    return unsigned
 
 
 def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any]]:
@@ -366,9 +396,9 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], d
     if blob[: len(MAGIC)] != MAGIC:
         raise _fail(path, f"not a {FORMAT_NAME} (wrong magic bytes {blob[:len(MAGIC)]!r})")
     version, header_length, header_crc = _PREFIX.unpack_from(blob, len(MAGIC))
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         newer = " (newer than this qmdd reads: upgrade qmdd)" if version > FORMAT_VERSION else ""
-        raise _fail(path, f"format version {version} is not supported{newer}; this qmdd reads version {FORMAT_VERSION}")
+        raise _fail(path, f"format version {version} is not supported{newer}; this qmdd reads versions {list(READABLE_VERSIONS)}")
     if header_length > _MAX_HEADER_BYTES:
         raise _fail(path, f"header length {header_length} exceeds the {_MAX_HEADER_BYTES}-byte limit")
     if PREFIX_BYTES + header_length > len(blob):
@@ -391,12 +421,12 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], d
         raise _fail(path, "data checksum mismatch: the file is corrupt")
     entries = _check_entries(path, header.get("tensors"), data_bytes)
     try:
-        config = config_from_dict(header.get("config"))
+        config = validate_config(config_from_dict(header.get("config")))
     except ConfigError as error:
         raise _fail(path, f"invalid config in header: {error}") from None
     decoded: dict[str, torch.Tensor] = {}
     # Steps first: the code tensors refer to them.
-    for entry in sorted(entries, key=lambda e: e["encoding"].startswith("lsq_codes")):
+    for entry in sorted(entries, key=lambda e: e["encoding"] in _LEGACY_CODE_ENCODINGS):
         decoded[entry["name"]] = _decode(path, entry, data, decoded)
     state = {entry["name"]: decoded[entry["name"]] for entry in entries}
     return config, state, header
@@ -409,18 +439,16 @@ def _header_threshold(path: Path, header: dict[str, Any]) -> float:
     return float(value)
 
 
-def load_packed(path: str | Path) -> "LoadedDetector":
+def load_packed(path: str | Path) -> LoadedDetector:
     """Rebuild the detector stored in a ``.qmdd`` file, in eval mode, with its config and
     decision threshold."""
     from torch.nn.utils import prune
-
-    from qmdd.training import LoadedDetector, build_detector, resolve_model_defaults
 
     path = Path(path)
     config, state, header = read_packed(path)
     config = resolve_model_defaults(config)
     threshold = _header_threshold(path, header)
-    model = build_detector(replace(config, model=replace(config.model, pretrained=False)))
+    model = build_detector(config, pretrained=False)
     # Pruned layers (torch.nn.utils.prune) store weight_orig + weight_mask: re-attach the masks.
     for key, mask in state.items():
         if key.endswith(".weight_mask") and key[: -len("weight_mask")] + "weight_orig" in state:

@@ -1,7 +1,10 @@
-"""Fast CPU inference: a fake-quant LSQ detector as a real int8 model (PyTorch x86 backend).
+"""Fast CPU inference: a fake-quant detector as a real int8 model (PyTorch x86 backend).
 
-2- and 3-bit LSQ values fit int8 exactly (reference.md §7), so the conversion chooses the
-int8 parameters that reproduce the low-bit grids instead of fitting new ones:
+Any quantizer family whose weights export as integer codes (``Quantizer.weight_codes``
+with an integer zero point) and whose input grid is uniform (``Quantizer.uniform_grid``)
+converts; today that is LSQ. 2- and 3-bit values fit int8 exactly, so the conversion
+chooses the int8 parameters that reproduce the low-bit grids instead of fitting new ones
+(the description below says "LSQ" for such a family):
 
 * **weights**: the int8 weight *is* the LSQ code (in [-2^(b-1), 2^(b-1)-1]); its
   per-channel int8 scale is the LSQ step times the folded BatchNorm factor gamma/sigma
@@ -25,9 +28,10 @@ neighbouring code. Elsewhere the int8 model carries exactly the LSQ codes (see
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -39,9 +43,9 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from qmdd.config import FULL_PRECISION
 from qmdd.models import FILTERS, InputFilter
-from qmdd.quant import LSQActivationQuantizer, LSQWeightQuantizer, QConv2d, QLinear, Quantizer, quantized_layers
+from qmdd.quant import QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers
 
-__all__ = ["LSQInput", "Int8LSQInput", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images"]
+__all__ = ["LSQInput", "Int8LSQInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images"]
 
 #: The x86 backend's activation dtype is unsigned 8-bit; signed LSQ grids sit around 128.
 _SIGNED_ZERO_POINT = 128
@@ -111,13 +115,16 @@ def _backend_config():
     return config
 
 
-def _is_lsq_lowbit(layer: nn.Module) -> bool:
-    return (
-        isinstance(layer.weight_quantizer, LSQWeightQuantizer)
-        and isinstance(layer.input_quantizer, LSQActivationQuantizer)
-        and layer.weight_bits < FULL_PRECISION
-        and layer.act_bits < FULL_PRECISION
-    )
+def _integer_form(layer: QConv2d | QLinear) -> tuple[WeightCodes, UniformGrid] | None:
+    """The layer's weight codes and input grid when both fit int8 exactly, else None."""
+    if layer.weight_bits >= FULL_PRECISION or layer.act_bits >= FULL_PRECISION:
+        return None
+    with torch.no_grad():
+        codes = layer.weight_quantizer.weight_codes(layer.weight.detach())
+    grid = layer.input_quantizer.uniform_grid()
+    if codes is None or grid is None or not float(codes.zero_point).is_integer():
+        return None
+    return codes, grid
 
 
 def _float_layer(layer: QConv2d | QLinear) -> nn.Module:
@@ -138,19 +145,18 @@ def lowbit_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Ten
     codes: dict[str, torch.Tensor] = {}
     float_layers: list[str] = []
     for name, layer in quantized_layers(model):
-        if _is_lsq_lowbit(layer):
-            quantizer = layer.input_quantizer
-            step = float(quantizer.step.detach().clamp_min(1e-8))
-            with torch.no_grad():
-                codes[f"{name}.1"] = layer.weight_quantizer.integer_codes(layer.weight.detach()).to(torch.int8)
-            replacement: nn.Module = nn.Sequential(LSQInput(step, quantizer.qmin, quantizer.qmax), _float_layer(layer))
-        elif layer.act_bits == FULL_PRECISION and (layer.weight_bits == FULL_PRECISION or isinstance(layer.weight_quantizer, LSQWeightQuantizer)):
+        integer = _integer_form(layer)
+        if integer is not None:
+            weight_codes, grid = integer
+            codes[f"{name}.1"] = (weight_codes.codes - int(weight_codes.zero_point)).to(torch.int8)
+            replacement: nn.Module = nn.Sequential(LSQInput(grid.step, grid.qmin, grid.qmax), _float_layer(layer))
+        elif layer.act_bits == FULL_PRECISION:
             replacement = _float_layer(layer)  # FP input: the (fake-quantized) weight in float
             float_layers.append(name)
         else:
             raise Int8ConversionError(
                 f"layer {name!r} uses {type(layer.input_quantizer).__name__}/{type(layer.weight_quantizer).__name__}: "
-                "the int8 path supports LSQ quantizers (uniform grids) only"
+                "the int8 path needs integer weight codes and a uniform input grid (LSQ has both)"
             )
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
@@ -195,18 +201,50 @@ def calibration_images(data_config, count: int = 16, batch_size: int = 8, seed: 
     return [torch.stack(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
 
 
-def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> nn.Module:
-    """Convert a calibrated fake-quant LSQ ``model`` to an int8 model for the x86 CPU backend.
+#: The quantized backend the int8 model is built for and runs on.
+_ENGINE = "x86"
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    """Use quantized backend ``name`` inside the block, restoring the caller's afterwards."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+class Int8Model(nn.Module):
+    """The converted int8 graph (``graph``), run under the x86 backend it was built for,
+    without changing the process-wide ``torch.backends.quantized.engine``."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _quantized_engine(_ENGINE):
+            return self.graph(x)
+
+
+def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> Int8Model:
+    """Convert a calibrated fake-quant ``model`` to an int8 model for the x86 CPU backend.
 
     ``calibration_batches``: a few image batches (input size of deployment) from which the
-    8-bit ranges of the tensors between layers are measured. Returns a ``GraphModule`` in
-    eval mode that maps images to logits like ``model``.
+    8-bit ranges of the tensors between layers are measured. Returns an :class:`Int8Model`
+    in eval mode that maps images to logits like ``model``.
     """
     batches = list(calibration_batches)
     if not batches:
         raise ValueError("to_int8 needs at least one calibration batch")
+    with _quantized_engine(_ENGINE):
+        return Int8Model(_convert(model, batches)).eval()
+
+
+def _convert(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     float_model, codes, float_layers = lowbit_float_model(model)
-    torch.backends.quantized.engine = "x86"
     activation = MinMaxObserver.with_args(reduce_range=False)
     default = QConfig(activation=activation, weight=torch.ao.quantization.default_per_channel_weight_observer)
     mapping = QConfigMapping().set_global(default)
@@ -228,7 +266,7 @@ def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> nn
             prepared(batch)
     converted = convert_fx(prepared, backend_config=backend)
     _lower_lsq_inputs(converted)
-    return converted.eval()
+    return converted
 
 
 class Int8LSQInput(nn.Module):
@@ -355,8 +393,8 @@ def _lower_lsq_inputs(graph_module) -> None:
                 zero_point = first.zero_point  # saturation clips at Qp (see Int8LSQInput)
         else:
             k = max(1, int(first.step / current))
-            k -= 1 - k % 2  # odd, and step / k >= the calibrated scale: no new clipping
-            scale = first.step / k if k >= 1 else current
+            k -= 1 - k % 2  # odd (k >= 1 keeps it so), and step / k >= the calibrated scale: no new clipping
+            scale = first.step / k
         _set_output_qparams(graph_module, source, scale, zero_point)
     graph.eliminate_dead_code()
     graph.lint()

@@ -18,7 +18,9 @@ from qmdd.config import DataConfig, RunConfig
 from qmdd.data import DetectorTransform, LoadFailure, TolerantImageSet, collate_skipping_failures, gaussian_blur, jpeg_compress
 from qmdd.evaluation._resolve import OK, ResolvedSet, ResolvedSuite, resolve_suite
 from qmdd.evaluation._suites import EMBEDDED_ROOT, Protocol, Suite
+from qmdd.detector import fake_probability, load_detector
 from qmdd.metrics import BinaryMetrics, best_threshold_accuracy, binary_metrics, mean_metrics
+from qmdd.training import resolve_device
 
 __all__ = [
     "EvalError",
@@ -211,8 +213,6 @@ def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
 
 
 def _resolve_device(name: str) -> torch.device:
-    from qmdd.training import resolve_device
-
     try:
         return resolve_device(name)
     except Exception as error:
@@ -249,8 +249,7 @@ def _score_group(models: list[torch.nn.Module], sets: list[ResolvedSet], transfo
                 continue
             images = images.to(device, non_blocking=True)
             for slot, model in enumerate(models):
-                logits = model(images).reshape(len(images), -1)[:, 0]
-                scores[slot].append(torch.sigmoid(logits.float()).cpu().numpy())
+                scores[slot].append(fake_probability(model, images).cpu().numpy())
             indices.append(batch_indices.numpy())
             labels.append(batch_labels.numpy())
     all_indices = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
@@ -276,8 +275,6 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
     Missing or empty sets and unreadable images are reported in the result, never
     raised: one absent generator folder must not cost the rest of the table.
     """
-    from qmdd.training import load_detector
-
     if not checkpoints:
         raise EvalError("no checkpoint given")
     labels = list(labels) if labels else checkpoint_labels(checkpoints)

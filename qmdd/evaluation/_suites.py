@@ -3,7 +3,8 @@
 A :class:`Suite` is a frozen registry entry. Adding a benchmark means adding one entry
 (or writing a small YAML file, see :func:`load_suite_file`), never new loader code.
 
-Layouts and protocols follow reference.md §2 (CNNDetection, UniversalFakeDetect, NPR).
+Layouts and protocols follow the published ones (Wang et al., CNNDetection, CVPR 2020;
+Ojha et al., UniversalFakeDetect, CVPR 2023; Tan et al., NPR, CVPR 2024); docs/data.md.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def resolve_suite_name(name_or_path: str) -> Suite:
 
 # --------------------------------------------------------------------------- built-ins
 
-#: CNNDetection's test protocol: centre crop 224, no resize (reference.md §2).
+#: CNNDetection's test protocol: centre crop 224, no resize (Wang et al., CVPR 2020; docs/data.md).
 CNNDETECTION_PROTOCOL = Protocol(crop=224)
 
 _FORENSYNTHS_8 = ("progan", "stylegan", "stylegan2", "biggan", "cyclegan", "stargan", "gaugan", "deepfake")

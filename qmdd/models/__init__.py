@@ -1,5 +1,8 @@
 """Detector backbones, by registry name, and the input filters in front of them.
 
+Plain float models only: quantization (Connected Quantized Blocks included) is
+:mod:`qmdd.quant`'s, which models never import.
+
 >>> from qmdd.models import create_model, list_models
 >>> list_models("resnet*")
 ['resnet18', 'resnet34', 'resnet50']
@@ -12,7 +15,6 @@ from qmdd.models import _torchvision  # noqa: F401  (registers the torchvision b
 from qmdd.models._small import CNN5, MesoNet  # registers mesonet and cnn5 (docs/lottery.md)
 from qmdd.models._artifact import ArtifactResNet  # registers npr_resnet50 and trunc_resnet18
 from qmdd.models._torchvision import single_logit_head
-from qmdd.models._cqb import ShortcutConv2d, connect_blocks, is_connected
 
 __all__ = [
     "create_model",
@@ -23,9 +25,6 @@ __all__ = [
     "crop_alignment",
     "filter_grid",
     "single_logit_head",
-    "connect_blocks",
-    "is_connected",
-    "ShortcutConv2d",
     "MesoNet",
     "CNN5",
     "ArtifactResNet",

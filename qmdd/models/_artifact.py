@@ -21,7 +21,7 @@ embedded benchmark it beats the published network with either filter in a fracti
 time (docs/results.md).
 
 Both use torchvision's block classes, so Connected Quantized Blocks
-(:func:`qmdd.models.connect_blocks`) and every ResNet-aware tool apply to them unchanged.
+(:func:`qmdd.quant.connect_blocks`) and every ResNet-aware tool apply to them unchanged.
 Initialisation is torchvision's ResNet one (He normal, fan-out, for convs; BN weight 1,
 bias 0), which is also the published code's; the head follows the other qmdd backbones.
 """

@@ -10,28 +10,15 @@ Typical use (``python -m qmdd.lth`` does all of it; docs/lottery.md)::
 
 Masks are data keyed by parameter name; the model keeps its own layers, and a pruned
 weight is an exact zero in its ``weight`` (so checkpoints, evaluation, cost counters and
-the ``.qmdd`` export read pruned models unchanged).
+the ``.qmdd`` export read pruned models unchanged). Folder and file names of an
+experiment are :mod:`qmdd.run_folder`'s.
 """
 
 from qmdd.prune._callbacks import KeepPruned, SaveStateAtStep, check_pruned_are_zero, check_quantizers_keep_zeros, load_state_file
-from qmdd.prune._lottery import (
-    MASK_FILE,
-    METHODS,
-    PLOT_FILE,
-    REWIND_FILE,
-    SPARSITY_FILE,
-    SUMMARY_FILE,
-    collect_rows,
-    format_rows,
-    level_config,
-    level_dir,
-    run_lottery,
-    summarise,
-    train_level,
-)
+from qmdd.prune._lottery import collect_rows, format_rows, level_config, run_lottery, summarise, train_level
 from qmdd.prune._magnitude import planned_counts, planned_unpruned, prune_level, prune_to_level, random_mask_like
 from qmdd.prune._mask import Mask, PruneError, prunable_parameters
-from qmdd.prune._transfer import TRANSFER_FILE, family_training_root, format_transfer, run_transfer
+from qmdd.prune._transfer import family_training_root, format_transfer, run_transfer
 
 __all__ = [
     "Mask",
@@ -54,14 +41,6 @@ __all__ = [
     "collect_rows",
     "format_rows",
     "format_transfer",
-    "level_dir",
     "level_config",
     "train_level",
-    "MASK_FILE",
-    "METHODS",
-    "PLOT_FILE",
-    "REWIND_FILE",
-    "SPARSITY_FILE",
-    "SUMMARY_FILE",
-    "TRANSFER_FILE",
 ]

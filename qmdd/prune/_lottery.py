@@ -29,17 +29,32 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from qmdd.config import RunConfig, config_to_dict, load_config, save_config
+from qmdd.checkpoint import load_checkpoint
+from qmdd.config import RunConfig, config_diff, config_to_dict, load_config, save_config
 from qmdd.cost import sparse_cost_summary
 from qmdd.prune._callbacks import KeepPruned, SaveStateAtStep, check_pruned_are_zero, check_quantizers_keep_zeros, load_state_file
 from qmdd.prune._magnitude import planned_counts, prune_level, prune_to_level
 from qmdd.prune._mask import Mask, PruneError
-from qmdd.training import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, Callback, build_detector, load_checkpoint, load_detector, run
+from qmdd.detector import build_detector, load_detector
+from qmdd.run_folder import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    CURVES_DIR,
+    LAST_CHECKPOINT,
+    MASK_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    PRUNE_METHODS,
+    REWIND_FILE,
+    SPARSITY_FILE,
+    SUMMARY_FILE,
+    level_dir,
+)
+from qmdd.training import Callback, run
 from qmdd.utils import atomic_write_text
 
 __all__ = [
     "run_lottery",
-    "level_dir",
     "level_config",
     "train_level",
     "summarise",
@@ -47,38 +62,7 @@ __all__ = [
     "level_row",
     "format_rows",
     "check_or_save_config",
-    "MASK_FILE",
-    "SPARSITY_FILE",
-    "REWIND_FILE",
-    "SUMMARY_FILE",
-    "PLOT_FILE",
-    "METHODS",
 ]
-
-MASK_FILE = "mask.pt"
-SPARSITY_FILE = "sparsity.json"
-REWIND_FILE = "rewind.pt"
-SUMMARY_FILE = "summary.json"
-PLOT_FILE = "curves.png"
-CURVES_DIR = "curves"
-#: Folder names of the two pruning methods, in plotting order.
-METHODS = ("imp", "one_shot")
-
-# Keys that may differ when an experiment folder is continued: they add stages (more
-# levels, the one-shot baseline) or do not change what a stage computes.
-_EXTENDABLE = {
-    ("prune", "levels"),
-    ("prune", "one_shot"),
-    ("prune", "one_shot_levels"),
-    ("train", "out"),
-    ("train", "device"),
-    ("data", "num_workers"),
-}
-
-
-def level_dir(out: Path, method: str, level: int) -> Path:
-    return Path(out) / method / f"level_{level:02d}"
-
 
 def level_config(config: RunConfig, folder: Path, level: int, one_shot: bool) -> RunConfig:
     """The config of one level's run: its own folder, and a prune section that names the
@@ -87,18 +71,15 @@ def level_config(config: RunConfig, folder: Path, level: int, one_shot: bool) ->
     return replace(config, train=replace(config.train, out=str(folder)), prune=prune)
 
 
-def check_or_save_config(out: Path, config: RunConfig, extendable: set[tuple[str, str]] = _EXTENDABLE) -> None:
-    """Write ``<out>/config.yaml``, or check that a continued experiment keeps its settings."""
+def check_or_save_config(out: Path, config: RunConfig, allow: tuple[str, ...] | set[str] = ("free", "extend")) -> None:
+    """Write ``<out>/config.yaml``, or check that a continued experiment keeps its settings.
+
+    ``allow``: the resume kinds of keys that may differ (by default those that add stages,
+    such as more levels, and those that change no result, such as the device).
+    """
     path = out / CONFIG_FILE
     if path.is_file():
-        saved = config_to_dict(load_config(path))
-        new = config_to_dict(config)
-        changes = [
-            f"{section}.{key}: {saved[section][key]!r} -> {new[section][key]!r}"
-            for section in saved
-            for key in saved[section]
-            if saved[section][key] != new[section][key] and (section, key) not in extendable
-        ]
+        changes = config_diff(load_config(path), config, allow=allow)
         if changes:
             raise PruneError(
                 f"{out} holds an experiment with other settings; continuing it would mix levels "
@@ -210,7 +191,7 @@ def run_lottery(config: RunConfig, *, log: Callable[[str], None] = print) -> dic
     config = pin_data_root(config)
     prune = config.prune
     # Fail before any training if a mask could not hold on this model.
-    probe = build_detector(replace(config, model=replace(config.model, pretrained=False)))
+    probe = build_detector(config, pretrained=False)
     fresh_dense = Mask.dense(probe, prune)
     check_quantizers_keep_zeros(probe, list(fresh_dense))
     del probe
@@ -291,7 +272,7 @@ def _level_folders(out: Path, method: str) -> list[Path]:
 def collect_rows(out: Path) -> list[dict[str, Any]]:
     """One row per finished level; the dense level 0 also starts the one-shot curve."""
     rows = []
-    for method in METHODS:
+    for method in PRUNE_METHODS:
         for folder in _level_folders(out, method):
             row = level_row(folder)
             if row is not None:
@@ -301,7 +282,7 @@ def collect_rows(out: Path) -> list[dict[str, Any]]:
         have = {r["level"] for r in rows if r["method"] == "one_shot"}
         for row in [r for r in rows if r["method"] == "imp" and r["level"] in (0, 1) and r["level"] not in have]:
             rows.append({**row, "method": "one_shot", "shared_with": "imp"})
-    return sorted(rows, key=lambda r: (METHODS.index(r["method"]), r["level"]))
+    return sorted(rows, key=lambda r: (PRUNE_METHODS.index(r["method"]), r["level"]))
 
 
 def _write_tensorboard(folder: Path, rows: list[dict[str, Any]]) -> None:
@@ -331,7 +312,7 @@ def _plot(out: Path, rows: list[dict[str, Any]], title: str) -> Path | None:
     panels = []
     for metric, label in (("acc", "accuracy (%)"), ("ap", "AP (%)")):
         series = []
-        for method in METHODS:
+        for method in PRUNE_METHODS:
             for group, group_name, marker in (("seen", "seen family", "o"), ("mean_unseen", "mean unseen", "s")):
                 points = [(100 * r["sparsity"], 100 * r[group][metric]) for r in rows if r["method"] == method and group in r]
                 if points:

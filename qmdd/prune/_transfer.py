@@ -22,105 +22,31 @@ as its test sets.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from qmdd.config import RunConfig, config_to_dict, load_config
+from qmdd.checkpoint import load_checkpoint
+from qmdd.config import RunConfig, config_diff, config_to_dict, load_config
+from qmdd.data.embedded import build_embedded_variant
+from qmdd.detector import build_detector
 from qmdd.prune._callbacks import load_state_file
-from qmdd.prune._lottery import (
-    METHODS,
-    pin_data_root,
-    REWIND_FILE,
-    MASK_FILE,
-    check_or_save_config,
-    level_config,
-    level_dir,
-    level_row,
-    train_level,
-)
+from qmdd.prune._lottery import check_or_save_config, level_config, level_row, pin_data_root, train_level
 from qmdd.prune._magnitude import random_mask_like
 from qmdd.prune._mask import Mask, PruneError
-from qmdd.training import BEST_CHECKPOINT, CONFIG_FILE, build_detector, load_checkpoint
+from qmdd.run_folder import BEST_CHECKPOINT, CONFIG_FILE, DENSE_DIR, MASK_FILE, PRUNE_METHODS, REWIND_FILE, TRANSFER_FILE, level_dir
 from qmdd.utils import atomic_write_text
 
-__all__ = ["run_transfer", "family_training_root", "TRANSFER_FILE", "format_transfer"]
+__all__ = ["run_transfer", "family_training_root", "format_transfer"]
 
-TRANSFER_FILE = "transfer.json"
-_TRANSFER_EXTENDABLE = {("train", "out"), ("train", "device"), ("data", "num_workers")}
-
-
-def _tree_complete(root: Path) -> bool:
-    try:
-        return json.loads((root / "benchmark.json").read_text()).get("complete") is True
-    except (OSError, ValueError):
-        return False
 
 
 def family_training_root(family: str, scale: float = 1.0, progress: bool | None = None) -> Path:
-    """An embedded-benchmark tree trained on ``family`` instead of the default seen family.
-
-    Built once next to the cached benchmark (``<benchmark>-train-<family>``): train/ and
-    val/ get the benchmark's pair counts, made by its own pair writer with ``family`` as
-    the generator, so reals, processed-real controls and crops follow the same recipe;
-    test/ links to the benchmark's test folder (the same held-out photos and families).
-    """
-    from tqdm.auto import tqdm
-
-    from qmdd.data.embedded import FAMILIES, PHOTO_SPLITS, build_embedded_benchmark
-    from qmdd.data.embedded import _builder  # the benchmark's own pair writer
-    from qmdd.data.embedded._photos import load_photos
-
-    if family not in FAMILIES:
-        from difflib import get_close_matches
-
-        close = get_close_matches(family, FAMILIES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise PruneError(f"data.seen_family={family!r} is not an embedded family{hint}; families: {', '.join(FAMILIES)}")
-    base = build_embedded_benchmark(scale=scale, progress=progress)
-    info = json.loads((base / "benchmark.json").read_text())
-    if family == info["seen_family"]:
-        return base
-    target = base.parent / f"{base.name}-train-{family}"
-    if _tree_complete(target):
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=base.parent))
+    """The embedded benchmark trained on ``family`` (:func:`qmdd.data.embedded.build_embedded_variant`)."""
     try:
-        photos = {split: load_photos(split) for split in ("train", "val")}
-        jobs = [
-            _builder._Job(split, family, index, index % len(PHOTO_SPLITS[split]))
-            for split, pairs in (("train", _builder.TRAIN_PAIRS), ("val", _builder.VAL_PAIRS))
-            for index in range(_builder._pairs(pairs, scale))
-        ]
-        for job in jobs:
-            category = photos[job.split][job.photo_index][0].category
-            for label in ("0_real", "1_fake"):
-                (tmp / job.split / category / label).mkdir(parents=True, exist_ok=True)
-        for job in tqdm(jobs, desc=f"train/val on {family}", unit="pair", disable=progress is False or None):
-            _builder._write_pair(job, tmp, seed=info["seed"], image_size=info["image_size"])
-        (tmp / "test").symlink_to(base / "test", target_is_directory=True)
-        derived = {
-            "name": f"embedded-train-{family}",
-            "seen_family": family,
-            "derived_from": base.name,
-            "families": info["families"],
-            "counts": {"train": _builder._pairs(_builder.TRAIN_PAIRS, scale), "val": _builder._pairs(_builder.VAL_PAIRS, scale)},
-            "docs": "docs/lottery.md (ticket transfer)",
-            "complete": True,
-        }
-        (tmp / "benchmark.json").write_text(json.dumps(derived, indent=2) + "\n")
-        try:
-            os.replace(tmp, target)  # atomic: a reader sees no tree or a whole one
-        except OSError:
-            if not _tree_complete(target):  # not a concurrent build that finished first
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
+        return build_embedded_variant(family, scale=scale, progress=progress)
+    except ValueError as error:
+        raise PruneError(f"data.seen_family: {error}") from None
 
 
 def resolve_target(config: RunConfig, source: RunConfig) -> RunConfig:
@@ -143,8 +69,7 @@ def resolve_target(config: RunConfig, source: RunConfig) -> RunConfig:
 
 
 def _check_same_network(config: RunConfig, source: RunConfig) -> None:
-    a, b = config_to_dict(source), config_to_dict(config)
-    changes = [f"{s}.{k}: {a[s][k]!r} -> {b[s][k]!r}" for s in ("model", "quant", "prune") for k in a[s] if a[s][k] != b[s][k] and (s, k) not in {("prune", "levels"), ("prune", "one_shot"), ("prune", "one_shot_levels")}]
+    changes = config_diff(source, config, allow={"extend"}, sections=("model", "quant", "prune"))
     if changes:
         raise PruneError("a ticket transfers to the same network; these settings differ from the source experiment: " + "; ".join(changes))
 
@@ -167,18 +92,18 @@ def run_transfer(source: Path, config: RunConfig, levels: list[int] | None = Non
     out = Path(config.train.out)
     if out.resolve() == source.resolve():
         raise PruneError("the transfer folder must differ from the source experiment's")
-    check_or_save_config(out, config, _TRANSFER_EXTENDABLE)
+    check_or_save_config(out, config, allow={"free"})
 
     def info(arm: str, method: str | None, level: int, mask: Mask) -> dict[str, Any]:
         return {"arm": arm, "method": method or "dense", "level": level, "source": str(source), "planned_unpruned": mask.unpruned}
 
-    dense_mask = Mask.dense(build_detector(replace(config, model=replace(config.model, pretrained=False))), config.prune)
-    dense_dir = out / "dense"
+    dense_mask = Mask.dense(build_detector(config, pretrained=False), config.prune)
+    dense_dir = out / DENSE_DIR
     if not (dense_dir / MASK_FILE).is_file():
         dense_mask.save(dense_dir / MASK_FILE)
     train_level(level_config(config, dense_dir, 0, False), dense_dir, dense_mask, lambda: None, info("dense", None, 0, dense_mask), log=log)
 
-    for method in METHODS:
+    for method in PRUNE_METHODS:
         for level in levels or [int(p.name.split("_")[1]) for p in sorted((source / method).glob("level_*"))]:
             if level == 0:
                 continue
@@ -202,7 +127,7 @@ def run_transfer(source: Path, config: RunConfig, levels: list[int] | None = Non
             train_level(level_config(config, folder, level, method == "one_shot"), folder, ticket, ticket_start, info("ticket", method, level, ticket), log=log)
 
             folder = arm_dir / "random"
-            seed = 1000 * config.train.seed + 10 * level + METHODS.index(method)
+            seed = 1000 * config.train.seed + 10 * level + PRUNE_METHODS.index(method)
             path = folder / MASK_FILE
             random = Mask.load(path) if path.is_file() else random_mask_like(ticket, seed)
             if not path.is_file():
@@ -217,7 +142,7 @@ def summarise_transfer(out: Path, source: Path) -> dict[str, Any]:
     dense = level_row(out / "dense")
     if dense is not None:
         rows.append({**dense, "arm": "dense", "method": "dense"})
-    for method in METHODS:
+    for method in PRUNE_METHODS:
         for arm_dir in sorted((out / method).glob("level_*")) if (out / method).is_dir() else []:
             for arm in ("ticket", "random"):
                 row = level_row(arm_dir / arm)

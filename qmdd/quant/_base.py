@@ -17,14 +17,63 @@ drift apart and breaks ONNX export:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from qmdd.config import FULL_PRECISION, SUPPORTED_BITS
+from qmdd.config import FULL_PRECISION
 
-__all__ = ["Quantizer", "ActivationQuantizer", "FullPrecision", "NotCalibratedError", "signed_range", "unsigned_range"]
+__all__ = [
+    "SUPPORTED_BITS",
+    "Quantizer",
+    "ActivationQuantizer",
+    "FullPrecision",
+    "NotCalibratedError",
+    "WeightCodes",
+    "UniformGrid",
+    "signed_range",
+    "unsigned_range",
+]
+
+#: Bit widths a layer's weights or inputs may take; 32 means full precision.
+SUPPORTED_BITS = (2, 3, 4, 8, FULL_PRECISION)
+
+
+@dataclass(frozen=True)
+class WeightCodes:
+    """A quantized weight as integers: ``weight == (codes - zero_point) * scale``.
+
+    What a family exports (the packed file stores ``codes`` at ``bits`` bits each, with
+    ``zero_point`` and the per-channel ``scale``) and what the int8 path multiplies with.
+
+    Attributes:
+        codes: unsigned integer codes in ``[0, 2**bits)``, the weight's shape (int64).
+        zero_point: the code of the value 0; an integer for LSQ, a half-integer for grids
+            without a zero level.
+        scale: one float32 scale per output channel (dim 0 of the weight).
+        bits: bit width of the codes.
+    """
+
+    codes: torch.Tensor
+    zero_point: float
+    scale: torch.Tensor
+    bits: int
+
+    def values(self) -> torch.Tensor:
+        """The float weight the codes stand for."""
+        shape = (-1,) + (1,) * (self.codes.dim() - 1)
+        return (self.codes.to(torch.float32) - self.zero_point) * self.scale.view(shape)
+
+
+@dataclass(frozen=True)
+class UniformGrid:
+    """An activation quantizer's grid when it is uniform: ``round(clip(x / step, qmin, qmax)) * step``."""
+
+    step: float
+    qmin: int
+    qmax: int
 
 
 def signed_range(bits: int) -> tuple[int, int]:
@@ -115,6 +164,17 @@ class Quantizer(nn.Module):
 
     def _after_load(self) -> None:
         """Hook for subclasses that mirror loaded buffers into Python attributes."""
+
+    # -- export -----------------------------------------------------------------------
+    def weight_codes(self, weight: torch.Tensor) -> WeightCodes | None:
+        """``weight`` as integer codes and per-channel scales, or None when this family's
+        weight grid has no such form (the packed file then stores float32)."""
+        return None
+
+    def uniform_grid(self) -> UniformGrid | None:
+        """This input quantizer's uniform grid, or None when its levels are not uniform
+        (the int8 path needs uniform grids)."""
+        return None
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, calibrated={self.calibrated}"

@@ -15,7 +15,11 @@ from torch.nn import functional as F
 
 from qmdd.quant._base import FullPrecision, Quantizer
 
-__all__ = ["QConv2d", "QLinear", "QUANTIZED_LAYERS", "conv_sharing_parameters"]
+__all__ = ["QConv2d", "QLinear", "QUANTIZED_LAYERS", "QUANTIZER_ATTRIBUTES", "conv_sharing_parameters"]
+
+#: The child modules through which a quantized layer quantizes; their state-dict entries
+#: (``<layer>.weight_quantizer.step`` ...) belong to the quantizers, not to the float layer.
+QUANTIZER_ATTRIBUTES = ("weight_quantizer", "input_quantizer")
 
 
 def conv_sharing_parameters(cls: type[nn.Conv2d], conv: nn.Conv2d) -> nn.Conv2d:

@@ -11,7 +11,7 @@ Backward (straight-through round, analytic, one fused autograd node):
           = -Qn or Qp            below / above it
     and the step gradient is multiplied by g = 1 / sqrt(N * Qp)   (N: elements per step)
 
-Ranges (reference.md §3): weights are signed, [-2^(b-1), 2^(b-1) - 1], with one step per
+Ranges (Esser et al.): weights are signed, [-2^(b-1), 2^(b-1) - 1], with one step per
 output channel; activations are unsigned, [0, 2^b - 1], when they are non-negative (after
 ReLU) and signed otherwise, with one step per tensor. Whether an input is non-negative is
 read from the calibration batches, so MobileNet block outputs (which can be negative) get a
@@ -28,13 +28,15 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import ActivationQuantizer, Quantizer, signed_range
+from qmdd.quant._base import ActivationQuantizer, Quantizer, UniformGrid, WeightCodes, signed_range
 
-__all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant"]
+__all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "LSQ_MIN_STEP"]
 
-# A step below this (in input units) would divide by ~0; all-zero (e.g. pruned) channels
-# initialise to it and stay exactly zero after quantization.
-_MIN_STEP = 1e-8
+#: A step below this (in input units) would divide by ~0; all-zero (e.g. pruned) channels
+#: initialise to it and stay exactly zero after quantization. The forward pass clamps the
+#: step to it, so a decoder of version-1 packed files (which stored the raw step) does too.
+LSQ_MIN_STEP = 1e-8
+_MIN_STEP = LSQ_MIN_STEP
 
 
 class _LSQFakeQuant(torch.autograd.Function):
@@ -156,6 +158,17 @@ class LSQWeightQuantizer(Quantizer):
         step = self._step_like(weight).clamp_min(_MIN_STEP)
         return (weight / step).clamp(self.qmin, self.qmax).round()
 
+    def weight_codes(self, weight: torch.Tensor) -> WeightCodes:
+        """The signed codes shifted by -qmin (unsigned), zero point -qmin, scale = step.
+
+        ``values()`` then computes ``code * step`` with the step the forward pass uses,
+        the same product, so a decoded weight quantizes back to the same codes.
+        """
+        with torch.no_grad():
+            codes = self.integer_codes(weight.detach()).to(torch.int64) - self.qmin
+            scale = self.step.detach().clamp_min(_MIN_STEP).to(torch.float32).clone()
+        return WeightCodes(codes=codes, zero_point=float(-self.qmin), scale=scale, bits=self.bits)
+
 
 class LSQActivationQuantizer(ActivationQuantizer):
     """LSQ with one learned step per tensor; unsigned when calibration saw no negatives."""
@@ -174,6 +187,9 @@ class LSQActivationQuantizer(ActivationQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.grad_scale)
+
+    def uniform_grid(self) -> UniformGrid:
+        return UniformGrid(float(self.step.detach().clamp_min(_MIN_STEP)), self.qmin, self.qmax)
 
     def extra_repr(self) -> str:
         grid = "signed" if self.signed_grid else "unsigned"

@@ -180,14 +180,6 @@ class N2UQActivationQuantizer(ActivationQuantizer):
         self.register_buffer("grad_scale", torch.tensor(1.0))
         self._lr_scale = float(threshold_lr_scale)
 
-    def configure(self, config) -> None:
-        """Take ``quant.n2uq_threshold_lr_scale`` from a QuantConfig (before calibration)."""
-        value = float(config.n2uq_threshold_lr_scale)
-        if self.calibrated and value != self._lr_scale:
-            raise RuntimeError("threshold_lr_scale must be set before calibration")
-        self._lr_scale = value
-        self.threshold_lr_scale.fill_(value)
-
     @property
     def qmax(self) -> int:
         return self.qmin + self.levels

@@ -127,10 +127,6 @@ class SLRActivationQuantizer(ActivationQuantizer):
         self.log_shift = nn.Parameter(torch.zeros(()))
         self.register_buffer("grad_scale", torch.tensor(1.0))
 
-    def configure(self, config) -> None:
-        """Take ``quant.slr_shift_init`` from a QuantConfig (used at calibration)."""
-        self.shift_init = float(config.slr_shift_init)
-
     @property
     def shift(self) -> torch.Tensor:
         return self.log_shift.exp()

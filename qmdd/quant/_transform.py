@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from qmdd.config import FULL_PRECISION, QuantConfig
-from qmdd.quant._base import Quantizer
+from qmdd.quant._base import SUPPORTED_BITS, Quantizer
+from qmdd.quant._cqb import BLOCKS, connect_blocks
 from qmdd.quant._layers import QUANTIZED_LAYERS, QConv2d, QLinear
 from qmdd.quant._registry import get_quantizer
 
@@ -64,24 +65,41 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _check_bits(config: QuantConfig) -> None:
+    for key in ("bits", "weight_bits", "act_bits", "first_layer_bits", "last_layer_bits"):
+        value = getattr(config, key)
+        if value is not None and value not in SUPPORTED_BITS:
+            raise ValueError(f"quant.{key}={value} is not a supported bit width; choose one of {list(SUPPORTED_BITS)}")
+
+
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
-    """Swap the conv/linear layers of ``model`` for fake-quantized twins, in place.
+    """Apply a whole ``QuantConfig`` to a float ``model``, in place.
+
+    1. ``config.block``: ``cqb`` turns the residual blocks into Connected Quantized Blocks
+       (:func:`connect_blocks`; their shortcut convs stay full precision);
+    2. every conv/linear layer whose plan (:func:`plan_precision`) is below 32 bits is
+       swapped for its fake-quantized twin, with the quantizers of ``config.quantizer``
+       built with that family's options (``n2uq_threshold_lr_scale``, ``slr_shift_init``).
 
     The swapped layers share the float Parameters, so an optimizer, a checkpoint or a mask
-    keyed on parameter names keeps working. Layers whose plan is 32/32 are left untouched.
-    Call :func:`calibrate` afterwards, before building the optimizer.
-
-    Returns ``model`` for chaining.
+    keyed on parameter names keeps working. Call :func:`calibrate` afterwards, before
+    building the optimizer. Returns ``model`` for chaining.
     """
     if is_quantized(model):
         raise ValueError("model is already quantized; quantize() a float model once")
+    _check_bits(config)
     family = get_quantizer(config.quantizer)
+    options = family.options_from(config)
+    if config.block not in BLOCKS:
+        raise ValueError(f"unknown block form {config.block!r}; choose one of {', '.join(BLOCKS)}")
+    if config.block == "cqb":
+        connect_blocks(model)
     for layer in plan_precision(model, config):
         if layer.weight_bits == layer.act_bits == FULL_PRECISION:
             continue
         float_layer = model.get_submodule(layer.name)
-        weight_q = family.weight(layer.weight_bits, float_layer.weight) if layer.weight_bits < FULL_PRECISION else None
-        input_q = family.activation(layer.act_bits) if layer.act_bits < FULL_PRECISION else None
+        weight_q = family.weight(layer.weight_bits, float_layer.weight, options) if layer.weight_bits < FULL_PRECISION else None
+        input_q = family.activation(layer.act_bits, options) if layer.act_bits < FULL_PRECISION else None
         quantized = QUANTIZED_LAYERS[type(float_layer)].from_float(float_layer, weight_q, input_q)
         if weight_q is not None:
             weight_q.to(float_layer.weight.device)

@@ -1,18 +1,18 @@
-"""The training loop, its callbacks, checkpoints, and ``run(config)``."""
+"""The training loop, its callbacks, and ``run(config)``.
 
-from qmdd.training._callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpointer, EarlyStopping, TensorBoardLogger
+The detector factory (``build_detector``, ``load_detector``) is :mod:`qmdd.detector`, the
+checkpoint format :mod:`qmdd.checkpoint` and the run-folder layout :mod:`qmdd.run_folder`:
+all of them sit below this package, which only uses them.
+"""
+
+from qmdd.training._callbacks import Checkpointer, PlateauLRSchedule, TensorBoardLogger
 from qmdd.training._loop import Callback, EpochShuffleSampler, LossFn, Trainer, TrainState, bce_loss, predict
-from qmdd.training._run import CONFIG_FILE, METRICS_FILE, RunError, default_out_dir, resolve_device, run
-from qmdd.training.checkpoint import CheckpointError, LoadedDetector, build_detector, checkpoint_threshold, load_checkpoint, load_detector, resolve_model_defaults, save_checkpoint
+from qmdd.training._run import RunError, RunSession, evaluate, fit, prepare, resolve_device, run, write_results
 
 __all__ = [
-    "BEST_CHECKPOINT",
-    "LAST_CHECKPOINT",
-    "CONFIG_FILE",
-    "METRICS_FILE",
     "Callback",
     "Checkpointer",
-    "EarlyStopping",
+    "PlateauLRSchedule",
     "TensorBoardLogger",
     "EpochShuffleSampler",
     "LossFn",
@@ -21,15 +21,11 @@ __all__ = [
     "bce_loss",
     "predict",
     "RunError",
-    "default_out_dir",
+    "RunSession",
+    "prepare",
+    "fit",
+    "evaluate",
+    "write_results",
     "resolve_device",
     "run",
-    "CheckpointError",
-    "build_detector",
-    "load_checkpoint",
-    "load_detector",
-    "LoadedDetector",
-    "checkpoint_threshold",
-    "resolve_model_defaults",
-    "save_checkpoint",
 ]

@@ -1,4 +1,9 @@
-"""Callbacks of the training loop: early stopping, checkpoints, TensorBoard."""
+"""Callbacks of the training loop: the plateau lr schedule, checkpoints, TensorBoard.
+
+Each reads what the loop recorded for the epoch (``trainer.state``: the best epoch, the
+epochs without a gain, the validation threshold), never another callback's work, so their
+order does not matter.
+"""
 
 from __future__ import annotations
 
@@ -12,34 +17,24 @@ from qmdd.metrics import BinaryMetrics
 from qmdd.quant import quantized_layers
 from qmdd.training._distributed import all_reduce_mean
 from qmdd.training._loop import Callback, Trainer
-from qmdd.training.checkpoint import save_checkpoint
+from qmdd.checkpoint import save_checkpoint
+from qmdd.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT
 
-__all__ = ["EarlyStopping", "Checkpointer", "TensorBoardLogger", "LAST_CHECKPOINT", "BEST_CHECKPOINT"]
-
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
+__all__ = ["PlateauLRSchedule", "Checkpointer", "TensorBoardLogger"]
 
 
-class EarlyStopping(Callback):
-    """CNNDetection's schedule on validation accuracy.
+class PlateauLRSchedule(Callback):
+    """CNNDetection's schedule on validation accuracy (the loop records the gains).
 
-    A gain below ``min_delta`` for ``patience`` epochs divides the lr by ``decay_factor``
-    and restarts the patience; once the lr would fall below ``min_lr`` training stops.
-    Also records the best epoch, which :class:`Checkpointer` saves as ``best.pt``.
+    ``patience`` epochs without a gain divide the lr by ``decay_factor`` and restart the
+    count; once the lr would fall below ``min_lr`` training stops.
     """
 
-    def __init__(self, patience: int, min_delta: float, decay_factor: float, min_lr: float) -> None:
-        self.patience, self.min_delta = patience, min_delta
-        self.decay_factor, self.min_lr = decay_factor, min_lr
+    def __init__(self, patience: int, decay_factor: float, min_lr: float) -> None:
+        self.patience, self.decay_factor, self.min_lr = patience, decay_factor, min_lr
 
     def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
         state = trainer.state
-        if val.acc > state.best_val_acc + self.min_delta or state.best_epoch == 0:
-            state.best_val_acc = max(val.acc, state.best_val_acc)
-            state.best_epoch = state.epoch
-            state.epochs_without_gain = 0
-            return
-        state.epochs_without_gain += 1
         if state.epochs_without_gain >= self.patience:
             new_lr = state.lr / self.decay_factor
             if new_lr < self.min_lr:

@@ -1,6 +1,6 @@
 """Distillation from a frozen full-precision teacher, and QAT initialised from FP32 weights.
 
-The usual low-bit recipe (N2UQ, ReActNet; reference.md §3): train a full-precision model,
+The usual low-bit recipe (N2UQ, Liu et al. CVPR 2022; ReActNet, Liu et al. ECCV 2020): train a full-precision model,
 then fine-tune the low-bit one from its weights (``train.init``) against its outputs
 (``train.teacher``).
 
@@ -26,6 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from qmdd.checkpoint import load_checkpoint
+from qmdd.config import config_from_dict
+from qmdd.detector import load_detector
+from qmdd.quant import QUANTIZER_ATTRIBUTES
 
 __all__ = ["DistillationLoss", "distillation_loss", "load_teacher", "init_state_dict"]
 
@@ -74,8 +79,6 @@ class DistillationLoss:
 
 def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """The frozen detector of a qmdd checkpoint (usually the FP32 run's ``best.pt``)."""
-    from qmdd.training.checkpoint import load_detector
-
     teacher = load_detector(path, map_location=device).model
     for parameter in teacher.parameters():
         parameter.requires_grad_(False)
@@ -83,7 +86,7 @@ def load_teacher(path: str | Path, device: torch.device | str = "cpu") -> nn.Mod
 
 
 def _is_quantizer_key(key: str) -> bool:
-    return "weight_quantizer." in key or "input_quantizer." in key
+    return any(f"{name}." in key for name in QUANTIZER_ATTRIBUTES)
 
 
 def init_state_dict(path: str | Path, arch: str, float_keys: dict[str, torch.Size]) -> dict[str, Any]:
@@ -94,9 +97,6 @@ def init_state_dict(path: str | Path, arch: str, float_keys: dict[str, torch.Siz
     (the new run calibrates its own); everything else must match exactly, else a
     ``ValueError`` names the differences.
     """
-    from qmdd.config import config_from_dict
-    from qmdd.training.checkpoint import load_checkpoint
-
     payload = load_checkpoint(path)
     source_arch = config_from_dict(payload["config"]).model.arch
     if source_arch != arch:

@@ -1,9 +1,10 @@
 """The closed training loop, extended by callbacks.
 
-The loop itself only trains an epoch, validates, and hands the result to its callbacks in
-order; everything else (TensorBoard, early stopping with lr drops, checkpoints) is a
-callback, so new behaviour (pruning levels, distillation logging) plugs in without touching
-the loop.
+The loop itself only trains an epoch, validates, records the result (which epoch is the
+best so far, the decision threshold fitted on validation) and hands it to its callbacks;
+everything else (TensorBoard, the plateau lr schedule, checkpoints) is a callback that
+reads the recorded state, so callbacks do not depend on one another's order, and new
+behaviour (pruning levels, distillation logging) plugs in without touching the loop.
 
 The same loop runs as one process or as one rank of a DistributedDataParallel group
 (``dist``, see :mod:`qmdd.training._distributed`): each rank trains on its shard of every
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from qmdd.data.folder import ImageSet
+from qmdd.detector import fake_probability
 from qmdd.metrics import DEFAULT_THRESHOLD, BinaryMetrics, best_threshold_accuracy, binary_metrics
 from qmdd.training._distributed import (
     SINGLE_PROCESS,
@@ -90,6 +92,27 @@ class TrainState:
     stopped_early: bool = False
     elapsed_s: float = 0.0  # training wall time summed over resumed sessions
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def record_epoch(self, val: BinaryMetrics, threshold: float, min_delta: float) -> bool:
+        """Append a finished epoch's validation result; True when it is the new best.
+
+        Best = the highest validation accuracy, an epoch counting as progress only when it
+        beats the best so far by more than ``min_delta`` (CNNDetection: 0.001); the first
+        epoch is always the best so far.
+        """
+        self.history.append({"epoch": self.epoch, "lr": self.lr, **val.as_dict(), "threshold": threshold})
+        if val.acc > self.best_val_acc + min_delta or self.best_epoch == 0:
+            self.best_val_acc = max(val.acc, self.best_val_acc)
+            self.best_epoch = self.epoch
+            self.epochs_without_gain = 0
+            return True
+        self.epochs_without_gain += 1
+        return False
+
+    @property
+    def best_record(self) -> dict[str, Any] | None:
+        """The history entry of the best epoch (None before the first)."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,8 +265,7 @@ def predict(
     labels, scores, indices = [], [], []
     with autocast(device, amp):
         for images, batch_labels, batch_indices in tqdm(loader, desc=desc or dataset.name, leave=False, disable=None if dist.is_main else True):
-            logits = model(images.to(device, non_blocking=True)).squeeze(1)
-            scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+            scores.append(fake_probability(model, images.to(device, non_blocking=True)).cpu().numpy())
             labels.append(batch_labels.numpy())
             indices.append(batch_indices.numpy())
     model.train(was_training)
@@ -260,7 +282,7 @@ class Trainer:
     takes batch_size / world_size images per step. ``model`` stays the plain module (what
     callbacks, checkpoints and evaluation see); :attr:`train_model` is what the training
     step calls: ``model`` itself, or its DDP wrapper, built at the start of :meth:`fit`
-    (after calibration, reference.md §7).
+    (after calibration: docs/quantization.md, "Calibration is explicit").
     """
 
     def __init__(
@@ -280,6 +302,7 @@ class Trainer:
         dist: DistContext = SINGLE_PROCESS,
         amp: str = "none",
         sync_batchnorm: bool = False,
+        min_delta: float = 0.0,
     ) -> None:
         if batch_size % dist.world_size:
             raise ValueError(
@@ -301,6 +324,7 @@ class Trainer:
         self.dist = dist
         self.amp = amp
         self.sync_batchnorm = sync_batchnorm
+        self.min_delta = min_delta
         self.train_model: nn.Module | None = None
         #: Decision threshold fitted on the last validation pass (best accuracy there).
         self.val_threshold = DEFAULT_THRESHOLD
@@ -342,7 +366,7 @@ class Trainer:
             val = self.validate()
             self.state.epoch += 1
             self.state.elapsed_s += time.perf_counter() - started
-            self.state.history.append({"epoch": self.state.epoch, "lr": self.state.lr, **val.as_dict(), "threshold": self.val_threshold})
+            self.state.record_epoch(val, self.val_threshold, self.min_delta)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, val)
         for callback in self.callbacks:

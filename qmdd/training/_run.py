@@ -1,24 +1,37 @@
-"""``run(config)``: one training run from config to ``metrics.json``."""
+"""``run(config)``: one training run from config to ``metrics.json``, in four named steps.
+
+    session = prepare(config)          # device, processes, run folder, data, model, optimizer,
+                                       # calibration or the resume point
+    fit(session)                       # the training loop with its callbacks
+    per_set = evaluate(session)        # the best checkpoint on every test family
+    metrics = write_results(session, per_set)   # metrics.json and TensorBoard
+
+:func:`run` chains them. File names come from :mod:`qmdd.run_folder`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from qmdd.config import RunConfig, config_from_dict, config_to_dict, save_config
+from qmdd.checkpoint import checkpoint_threshold, load_checkpoint
+from qmdd.config import RunConfig, carry_over, config_diff, config_from_dict, save_config
 from qmdd.cost import cost_summary
 from qmdd.data import TrainingData, build_training_data, resolve_data_root
+from qmdd.detector import build_detector, resolve_model_defaults, validate_config
 from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
 from qmdd.quant import calibrate
-from qmdd.training._callbacks import BEST_CHECKPOINT, LAST_CHECKPOINT, Checkpointer, EarlyStopping, TensorBoardLogger
+from qmdd.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, default_run_dir
+from qmdd.training._callbacks import Checkpointer, PlateauLRSchedule, TensorBoardLogger
+from qmdd.training._distill import DistillationLoss, init_state_dict, load_teacher
 from qmdd.training._distributed import (
     SINGLE_PROCESS,
     DistContext,
@@ -29,16 +42,9 @@ from qmdd.training._distributed import (
     sync_from_rank0,
 )
 from qmdd.training._loop import Callback, LossFn, Trainer, TrainState, bce_loss, predict
-from qmdd.training.checkpoint import build_detector, checkpoint_threshold, load_checkpoint, resolve_model_defaults
 from qmdd.utils import atomic_write_text, seed_everything
 
-__all__ = ["run", "RunError", "default_out_dir", "resolve_device", "METRICS_FILE", "CONFIG_FILE"]
-
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.yaml"
-
-# Keys a resumed run may change: they alter neither the model nor the data it sees.
-_RESUMABLE_CHANGES = {("train", "epochs"), ("train", "device"), ("data", "num_workers"), ("train", "out")}
+__all__ = ["run", "prepare", "fit", "evaluate", "write_results", "RunSession", "RunError", "resolve_device"]
 
 
 class RunError(RuntimeError):
@@ -79,21 +85,6 @@ def _check_parallel_setup(config: RunConfig, ctx: DistContext, device: torch.dev
         raise RunError(f"train.amp=bf16 but {torch.cuda.get_device_name(device)} has no bfloat16 support; use train.amp=none")
 
 
-def default_out_dir(config: RunConfig) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{config.model.arch}-{config.quant.tag}"
-
-
-def _config_differences(old: RunConfig, new: RunConfig) -> list[str]:
-    a, b = config_to_dict(old), config_to_dict(new)
-    return [
-        f"{section}.{key}: {a[section][key]!r} -> {b[section][key]!r}"
-        for section in a
-        for key in a[section]
-        if a[section][key] != b[section][key] and (section, key) not in _RESUMABLE_CHANGES
-    ]
-
-
 def _refuse_existing_run(out_dir: Path) -> None:
     if (out_dir / LAST_CHECKPOINT).exists():
         raise RunError(
@@ -103,20 +94,20 @@ def _refuse_existing_run(out_dir: Path) -> None:
 
 
 def _load_resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, Any], RunConfig]:
+    """``last.pt`` and the config to continue with: the saved one, with the keys a resumed
+    run may change (``"resume": "free"`` fields: epochs, device, workers) taken from ``config``."""
     last = out_dir / LAST_CHECKPOINT
     if not last.is_file():
         raise RunError(f"--resume: {out_dir} holds no {LAST_CHECKPOINT} to continue from")
     payload = load_checkpoint(last)
-    saved = config_from_dict(payload["config"])
-    changes = _config_differences(saved, config)
+    saved = resolve_model_defaults(config_from_dict(payload["config"]))
+    changes = config_diff(saved, config, allow={"free"})
     if changes:
         raise RunError(
             "--resume with a different config would not continue the same run; differences: "
             + "; ".join(changes)
         )
-    # Keep the saved config, with the harmless changes (more epochs, another device).
-    resumed = replace(saved, train=replace(saved.train, epochs=config.train.epochs, device=config.train.device, out=config.train.out), data=replace(saved.data, num_workers=config.data.num_workers))
-    return payload, resumed
+    return payload, carry_over(saved, config)
 
 
 def _calibration_batches(trainer: Trainer, count: int, device: torch.device):
@@ -161,11 +152,8 @@ def _init_state(config: RunConfig) -> dict[str, Any] | None:
     """Float weights from ``train.init``, checked against the float model (not on resume)."""
     if config.train.init is None:
         return None
-    from qmdd.config import FULL_PRECISION
-    from qmdd.training._distill import init_state_dict
-
-    float_config = replace(config, quant=replace(config.quant, bits=FULL_PRECISION, weight_bits=None, act_bits=None, first_layer_bits=FULL_PRECISION, last_layer_bits=FULL_PRECISION), model=replace(config.model, pretrained=False))
-    shapes = {k: v.shape for k, v in build_detector(float_config).state_dict().items()}
+    float_config = replace(config, quant=config.quant.at_full_precision())
+    shapes = {k: v.shape for k, v in build_detector(float_config, pretrained=False).state_dict().items()}
     try:
         return init_state_dict(config.train.init, config.model.arch, shapes)
     except ValueError as error:
@@ -178,8 +166,6 @@ def _with_teacher(config: RunConfig, loss_fn: LossFn, device: torch.device) -> L
         return loss_fn
     if loss_fn is not bce_loss:
         raise RunError("train.teacher replaces the BCE loss; it cannot be combined with a custom loss_fn")
-    from qmdd.training._distill import DistillationLoss, load_teacher
-
     teacher = load_teacher(config.train.teacher, device)
     return DistillationLoss(teacher, config.train.distill_alpha, config.train.distill_temperature)
 
@@ -201,6 +187,162 @@ def _log_hparams(writer: SummaryWriter, config: RunConfig, metrics: dict[str, An
     writer.add_hparams(hparams, results, run_name="hparams")
 
 
+@dataclass
+class RunSession:
+    """What :func:`prepare` sets up and the later steps use."""
+
+    config: RunConfig
+    ctx: DistContext
+    device: torch.device
+    out_dir: Path
+    data: TrainingData
+    model: nn.Module
+    trainer: Trainer
+    writer: SummaryWriter | None
+
+
+def prepare(config: RunConfig, *, resume: bool = False, callbacks: tuple[Callback, ...] = (), loss_fn: LossFn = bce_loss) -> RunSession:
+    """Everything before the first step: device and processes, the run folder (new, or the
+    resume point), data, model, teacher, optimizer, and calibration (or the restored state).
+
+    Under torchrun (WORLD_SIZE > 1) this process joins the DDP group; files are read and
+    written by rank 0 only, and what it reads reaches the others by broadcast, so the run
+    folder need not be on a filesystem every node sees.
+    """
+    config = resolve_model_defaults(validate_config(config))
+    device = resolve_device(config.train.device)
+    ctx = init_distributed(device)
+    _check_parallel_setup(config, ctx, device)
+    # One folder name for all ranks: the default's time stamp could differ between them.
+    out_dir = broadcast_object(Path(config.train.out) if config.train.out else default_run_dir(config.model.arch, config.quant.tag), ctx)
+    config = replace(config, train=replace(config.train, out=str(out_dir)))
+    payload = None
+    if resume:
+        payload, config = on_main(lambda: _load_resume_point(out_dir, config), ctx)
+    else:
+        on_main(lambda: _refuse_existing_run(out_dir), ctx)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.train.seed)
+    on_main(lambda: resolve_data_root(config.data), ctx)  # rank 0 builds the embedded benchmark once
+    data = build_training_data(config.data, seed=config.train.seed)
+    # A resumed run's weights come from last.pt: never download ImageNet weights for it.
+    init_state = _init_state(config) if payload is None else None
+    model = build_detector(config, pretrained=None if payload is None else False, init_state=init_state).to(device)
+    writer = SummaryWriter(log_dir=str(out_dir)) if ctx.is_main else None
+    trainer = _make_trainer(config, model, data, device, ctx, writer, _with_teacher(config, loss_fn, device), callbacks)
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        trainer.optimizer.load_state_dict(payload["optimizer"])
+        trainer.state = TrainState.from_dict(payload["trainer"])
+        torch.set_rng_state(payload["torch_rng"])
+    else:
+        # Quantizer steps come from data *before* the optimizer sees them (docs/quantization.md).
+        calibrate(model, _calibration_batches(trainer, config.quant.calibration_batches, device))
+        # Each rank calibrated on its own shard: all start from rank 0's steps.
+        sync_from_rank0(model, ctx)
+    if ctx.is_main:
+        save_config(config, out_dir / CONFIG_FILE)
+    return RunSession(config, ctx, device, out_dir, data, model, trainer, writer)
+
+
+def _make_trainer(config: RunConfig, model: nn.Module, data: TrainingData, device: torch.device, ctx: DistContext, writer: SummaryWriter | None, loss_fn: LossFn, callbacks: tuple[Callback, ...]) -> Trainer:
+    train = config.train
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=train.lr, betas=train.betas, weight_decay=train.weight_decay,
+        # One fused kernel per parameter instead of ~10 elementwise passes: the update of
+        # ResNet-18 drops from ~140 ms to ~20 ms per step on one CPU core (same maths, to
+        # float rounding; docs/performance.md).
+        fused=True,
+    )
+    return Trainer(
+        model,
+        optimizer,
+        data.train,
+        data.val,
+        batch_size=train.batch_size,
+        device=device,
+        seed=train.seed,
+        state=TrainState(lr=train.lr),
+        callbacks=[
+            PlateauLRSchedule(train.plateau_patience, train.lr_decay_factor, train.min_lr),
+            *([Checkpointer(Path(train.out), config)] if ctx.is_main else []),
+            TensorBoardLogger(writer, train.log_every),
+            *callbacks,
+        ],
+        loss_fn=loss_fn,
+        num_workers=config.data.num_workers,
+        dist=ctx,
+        amp=train.amp,
+        sync_batchnorm=train.sync_bn,
+        min_delta=train.min_val_gain,
+    )
+
+
+def fit(session: RunSession) -> TrainState:
+    """Train to ``train.epochs`` (or until the plateau schedule stops); on Ctrl-C, say how
+    to continue."""
+    try:
+        return session.trainer.fit(session.config.train.epochs)
+    except KeyboardInterrupt:
+        if session.writer is not None:
+            session.writer.close()
+        raise RunError(
+            f"interrupted after {session.trainer.state.epoch} finished epoch(s); continue with "
+            f"python -m qmdd.train --resume --out {session.out_dir}"
+        ) from None
+
+
+def evaluate(session: RunSession) -> tuple[dict[str, BinaryMetrics], float]:
+    """The best checkpoint on every test family, with the threshold it was saved with."""
+    best = on_main(lambda: load_checkpoint(session.out_dir / BEST_CHECKPOINT), session.ctx)
+    session.model.load_state_dict(best["model"])
+    threshold = checkpoint_threshold(best)
+    config = session.config
+    per_set = _evaluate_tests(session.model, session.data, config.train.batch_size * 2, session.device, config.data.num_workers, session.ctx, config.train.amp, threshold)
+    return per_set, threshold
+
+
+def write_results(session: RunSession, per_set: dict[str, BinaryMetrics], threshold: float) -> dict[str, Any]:
+    """``metrics.json`` (atomically) and the test scalars and hparams in TensorBoard, on
+    rank 0; every rank returns the same metrics."""
+    config, state, data = session.config, session.trainer.state, session.data
+    metrics: dict[str, Any] = {
+        "run_dir": str(session.out_dir),
+        "benchmark": data.benchmark,
+        "data_root": str(data.root),
+        "arch": config.model.arch,
+        "quant": config.quant.tag,
+        "quantizer": config.quant.quantizer if config.quant.enabled else None,
+        "seen_family": data.seen_family,
+        # Fitted on val at the best epoch; "cal_acc" in every set is the accuracy at it.
+        "threshold": threshold,
+        **_summary(per_set, data.seen_family),
+        "best_epoch": state.best_epoch,
+        "epochs_trained": state.epoch,
+        "val_best": state.best_record,
+        "train_time_s": round(state.elapsed_s, 2),
+        "train_images": len(data.train),
+        "world_size": session.ctx.world_size,
+        # What quantization saves, counted for the trained input size (docs/deployment.md).
+        "cost": cost_summary(session.model, config.data.crop_size),
+    }
+    if not session.ctx.is_main:
+        return metrics
+    writer = session.writer
+    for name, m in per_set.items():
+        writer.add_scalar(f"test/{name}/ap", m.ap, state.step)
+        writer.add_scalar(f"test/{name}/acc", m.acc, state.step)
+    for group in ("seen", "mean_unseen"):
+        if group in metrics:
+            writer.add_scalar(f"test/{group}/ap", metrics[group]["ap"], state.step)
+            writer.add_scalar(f"test/{group}/acc", metrics[group]["acc"], state.step)
+    _log_hparams(writer, config, metrics)
+    writer.close()
+    atomic_write_text(session.out_dir / METRICS_FILE, json.dumps(_json_safe(metrics), indent=2) + "\n")
+    return metrics
+
+
 def run(
     config: RunConfig,
     *,
@@ -212,124 +354,9 @@ def run(
 
     The run folder (``config.train.out``) receives ``config.yaml``, TensorBoard events,
     ``last.pt``/``best.pt`` after every epoch and, at the end, ``metrics.json`` with the
-    per-family test metrics of the best-validation checkpoint.
+    per-family test metrics of the best-validation checkpoint (docs/usage.md).
     """
-    # Under torchrun (WORLD_SIZE > 1) this process joins the DDP group; files are read and
-    # written by rank 0 only, and what it reads reaches the others by broadcast, so the
-    # run folder need not be on a filesystem every node sees.
-    config = resolve_model_defaults(config)
-    device = resolve_device(config.train.device)
-    ctx = init_distributed(device)
-    _check_parallel_setup(config, ctx, device)
-    # One folder name for all ranks: default_out_dir's time stamp could differ between them.
-    out_dir = broadcast_object(Path(config.train.out) if config.train.out else default_out_dir(config), ctx)
-    config = replace(config, train=replace(config.train, out=str(out_dir)))
-    payload = None
-    if resume:
-        payload, config = on_main(lambda: _load_resume_point(out_dir, config), ctx)
-    else:
-        on_main(lambda: _refuse_existing_run(out_dir), ctx)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    seed_everything(config.train.seed)
-    on_main(lambda: resolve_data_root(config.data), ctx)  # rank 0 builds the embedded benchmark once
-    data = build_training_data(config.data, seed=config.train.seed)
-    model = build_detector(config, init_state=_init_state(config) if payload is None else None).to(device)
-    loss_fn = _with_teacher(config, loss_fn, device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.train.lr, betas=config.train.betas, weight_decay=config.train.weight_decay,
-        # One fused kernel per parameter instead of ~10 elementwise passes: the update of
-        # ResNet-18 drops from ~140 ms to ~20 ms per step on one CPU core (same maths, to
-        # float rounding; docs/performance.md).
-        fused=True,
-    )
-    state = TrainState(lr=config.train.lr)
-    writer = SummaryWriter(log_dir=str(out_dir)) if ctx.is_main else None
-    trainer = Trainer(
-        model,
-        optimizer,
-        data.train,
-        data.val,
-        batch_size=config.train.batch_size,
-        device=device,
-        seed=config.train.seed,
-        state=state,
-        callbacks=[
-            EarlyStopping(
-                config.train.early_stop_patience,
-                config.train.early_stop_min_delta,
-                config.train.lr_decay_factor,
-                config.train.min_lr,
-            ),
-            *([Checkpointer(out_dir, config)] if ctx.is_main else []),
-            TensorBoardLogger(writer, config.train.log_every),
-            *callbacks,
-        ],
-        loss_fn=loss_fn,
-        num_workers=config.data.num_workers,
-        dist=ctx,
-        amp=config.train.amp,
-        sync_batchnorm=config.train.sync_bn,
-    )
-    if payload is not None:
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        trainer.state = TrainState.from_dict(payload["trainer"])
-        torch.set_rng_state(payload["torch_rng"])
-    else:
-        # Quantizer steps come from data *before* the optimizer sees them (reference §7).
-        calibrate(model, _calibration_batches(trainer, config.quant.calibration_batches, device))
-        # Each rank calibrated on its own shard: all start from rank 0's steps.
-        sync_from_rank0(model, ctx)
-    if ctx.is_main:
-        save_config(config, out_dir / CONFIG_FILE)
-
-    try:
-        trainer.fit(config.train.epochs)
-    except KeyboardInterrupt:
-        if writer is not None:
-            writer.close()
-        raise RunError(
-            f"interrupted after {trainer.state.epoch} finished epoch(s); continue with "
-            f"python -m qmdd.train --resume --out {out_dir}"
-        ) from None
-
-    best = on_main(lambda: load_checkpoint(out_dir / BEST_CHECKPOINT), ctx)
-    model.load_state_dict(best["model"])
-    threshold = checkpoint_threshold(best)
-    per_set = _evaluate_tests(model, data, config.train.batch_size * 2, device, config.data.num_workers, ctx, config.train.amp, threshold)
-    metrics: dict[str, Any] = {
-        "run_dir": str(out_dir),
-        "benchmark": data.benchmark,
-        "data_root": str(data.root),
-        "arch": config.model.arch,
-        "quant": config.quant.tag,
-        "quantizer": config.quant.quantizer if config.quant.enabled else None,
-        "seen_family": data.seen_family,
-        # Fitted on val at the best epoch; "cal_acc" in every set is the accuracy at it.
-        "threshold": threshold,
-        **_summary(per_set, data.seen_family),
-        "best_epoch": trainer.state.best_epoch,
-        "epochs_trained": trainer.state.epoch,
-        "val_best": trainer.state.history[trainer.state.best_epoch - 1] if trainer.state.best_epoch else None,
-        "train_time_s": round(trainer.state.elapsed_s, 2),
-        "train_images": len(data.train),
-        "world_size": ctx.world_size,
-        # What quantization saves, counted for the trained input size (reference §4).
-        "cost": cost_summary(model, config.data.crop_size),
-    }
-    if not ctx.is_main:
-        return metrics  # rank 0 writes; every rank returns the same metrics
-    step = trainer.state.step
-    for name, m in per_set.items():
-        writer.add_scalar(f"test/{name}/ap", m.ap, step)
-        writer.add_scalar(f"test/{name}/acc", m.acc, step)
-    for group in ("seen", "mean_unseen"):
-        if group in metrics:
-            writer.add_scalar(f"test/{group}/ap", metrics[group]["ap"], step)
-            writer.add_scalar(f"test/{group}/acc", metrics[group]["acc"], step)
-    _log_hparams(writer, config, metrics)
-    writer.close()
-    atomic_write_text(out_dir / METRICS_FILE, json.dumps(_json_safe(metrics), indent=2) + "\n")
-    return metrics
+    session = prepare(config, resume=resume, callbacks=callbacks, loss_fn=loss_fn)
+    fit(session)
+    per_set, threshold = evaluate(session)
+    return write_results(session, per_set, threshold)

@@ -12,7 +12,7 @@ from qmdd.config import QuantConfig, load_config
 from qmdd.deploy import Int8LSQInput, LSQInput, lowbit_float_model, save_packed, to_int8
 from qmdd.predict import main as predict_main
 from qmdd.quant import calibrate, quantize
-from qmdd.training import build_detector
+from qmdd.detector import build_detector
 
 
 def _reestimate_batchnorm(model: nn.Module, batches) -> None:
@@ -63,6 +63,8 @@ def chain():
     torch.manual_seed(0)
     batches = [torch.randn(8, 3, 16, 16) for _ in range(3)]
     model = _prepared(quantize(_chain(), QuantConfig(bits=2)), batches)
+    with torch.no_grad():
+        model[4].weight[::2] *= -1  # negative gammas: BatchNorm folding flips those channels
     return model, to_int8(model, batches), batches
 
 
@@ -77,10 +79,16 @@ def test_float_deploy_model_is_the_fake_quant_model(chain):
 def test_int8_weights_are_the_lsq_codes(chain):
     model, int8, _ = chain
     _, codes, _ = lowbit_float_model(model)
+    flipped = 0
     for name, layer_codes in codes.items():
-        weight = int8.get_submodule(name).weight()
-        # |code|: BatchNorm folding flips the sign of channels whose gamma is negative.
-        assert torch.equal(weight.int_repr().abs(), layer_codes.abs()), name
+        weight = int8.graph.get_submodule(name).weight()
+        # BatchNorm folding multiplies channel c by gamma_c / sigma_c; int8 scales are
+        # positive, so channels with a negative gamma carry the negated codes.
+        gamma = model[int(name.split(".")[0]) + 1].weight.detach()
+        signs = torch.where(gamma < 0, -1, 1).to(torch.int8).view(-1, 1, 1, 1)
+        assert torch.equal(weight.int_repr(), layer_codes * signs), name
+        flipped += int((gamma < 0).sum())
+    assert flipped > 0  # the sign handling was exercised
 
 
 def test_int8_layer_inputs_carry_exactly_the_lsq_codes(chain):
@@ -88,7 +96,7 @@ def test_int8_layer_inputs_carry_exactly_the_lsq_codes(chain):
     float_model, _, _ = lowbit_float_model(model)
     x = torch.randn(16, 3, 16, 16)
     expected = _codes_by_layer(float_model, LSQInput, x)
-    actual = _codes_by_layer(int8, Int8LSQInput, x)
+    actual = _codes_by_layer(int8.graph, Int8LSQInput, x)
     assert expected.keys() == actual.keys() and len(actual) == 3
     for name in expected:
         mismatched = (expected[name] - actual[name]).abs() > 1e-5
@@ -109,7 +117,7 @@ def test_resnet_first_block_is_exact_and_predictions_agree(arch, prefix):
     float_model, _, _ = lowbit_float_model(model)
     x = torch.randn(8, 3, 32, 32)
     expected = _codes_by_layer(float_model, LSQInput, x)
-    actual = _codes_by_layer(int8, Int8LSQInput, x)
+    actual = _codes_by_layer(int8.graph, Int8LSQInput, x)
     for name in (f"{prefix}layer1_0_conv1_0", f"{prefix}layer1_0_conv2_0"):
         assert torch.equal(expected[name], actual[name]), name
     assert not any(isinstance(m, LSQInput) for m in int8.modules()), "every LSQ input runs in int8"

@@ -15,10 +15,11 @@ from torch.nn.utils import prune
 
 from qmdd.config import load_config
 from qmdd.cost import cost_summary
-from qmdd.deploy import MAGIC, PackedFormatError, load_packed, pack_codes, read_packed, save_packed, unpack_codes
+from qmdd.deploy import FORMAT_VERSION, MAGIC, PackedFormatError, load_packed, pack_codes, read_packed, save_packed, unpack_codes
 from qmdd.export import main as export_main
 from qmdd.quant import calibrate
-from qmdd.training import build_detector, resolve_model_defaults, save_checkpoint
+from qmdd.checkpoint import save_checkpoint
+from qmdd.detector import build_detector, resolve_model_defaults
 
 SIZE = 32
 
@@ -83,7 +84,7 @@ def test_file_is_as_small_as_counted_and_far_below_fp32(exported):
     fp32_bytes = 4 * sum(t.numel() for k, t in state.items() if "quantizer" not in k)
     assert fp32_bytes / path.stat().st_size > 13
     encodings = {entry["encoding"] for entry in header["tensors"]}
-    assert encodings & {"lsq_codes", "lsq_codes_sparse"}
+    assert encodings & {"codes", "codes_sparse"}
 
 
 def test_pruned_weights_use_the_sparse_encoding_and_round_trip(exported, tmp_path):
@@ -95,7 +96,7 @@ def test_pruned_weights_use_the_sparse_encoding_and_round_trip(exported, tmp_pat
     save_packed(path, model, config)
     _, state, header = read_packed(path)
     by_name = {entry["name"]: entry for entry in header["tensors"]}
-    assert by_name["layer1.0.conv1.weight_orig"]["encoding"] == "lsq_codes_sparse"
+    assert by_name["layer1.0.conv1.weight_orig"]["encoding"] == "codes_sparse"
     assert by_name["layer1.0.conv1.weight_mask"]["encoding"] == "bitmask"
     assert by_name["fc.weight_orig"]["encoding"] == "float32_sparse"
     loaded = load_packed(path).model
@@ -129,7 +130,7 @@ def _forge(path: Path, header: dict, data: bytes, *, fix_data_crc: bool = True) 
     if fix_data_crc:
         header = {**header, "data_crc32": zlib.crc32(data)}
     raw = json.dumps(header).encode()
-    path.write_bytes(MAGIC + struct.pack("<HII", 1, len(raw), zlib.crc32(raw)) + raw + data)
+    path.write_bytes(MAGIC + struct.pack("<HII", FORMAT_VERSION, len(raw), zlib.crc32(raw)) + raw + data)
     return path
 
 
@@ -183,10 +184,12 @@ def _first(header: dict, encoding: str) -> dict:
         (lambda h: h.update(data_bytes=h["data_bytes"] + 10), "truncated"),
         (lambda h: _first(h, "float32").update(length=_first(h, "float32")["length"] + 4), "needs .* bytes"),
         (lambda h: _first(h, "float32").update(shape=[10**12]), "shape\\[0\\]"),
-        (lambda h: _first(h, "lsq_codes").update(shape=[1, 1, 1, 1]), "needs .* bytes|step tensor|nonzero"),
+        (lambda h: _first(h, "codes").update(shape=[1, 1, 1, 1]), "needs .* bytes|channels|nonzero"),
+        (lambda h: _first(h, "codes").update(zero_point=99), "zero_point"),
+        (lambda h: _first(h, "codes").update(channels=3), "channels"),
         (lambda h: _first(h, "float32").update(encoding="pickle"), "unknown encoding"),
         (lambda h: _first(h, "float32").update(offset=-1), "offset"),
-        (lambda h: _first(h, "lsq_codes").update(bits=40), "bits"),
+        (lambda h: _first(h, "codes").update(bits=40), "bits"),
         (lambda h: h["tensors"].append(dict(h["tensors"][0])), "appears twice"),
         (lambda h: h["tensors"][1].update(offset=h["tensors"][0]["offset"], length=h["tensors"][0]["length"], shape=h["tensors"][0]["shape"], encoding=h["tensors"][0]["encoding"]), "overlaps|needs"),
         (lambda h: h["config"]["quant"].update(bits=5), "invalid config"),
@@ -207,3 +210,76 @@ def test_data_checksum_and_architecture_mismatch(exported, tmp_path):
     header["config"]["model"]["arch"] = "resnet34"
     with pytest.raises(PackedFormatError, match="do not match the resnet34"):
         load_packed(_forge(tmp_path / "arch.qmdd", header, data))
+
+
+# ------------------------------------------------------------------ other versions, families
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_version_1_files_still_load_exactly():
+    """A file written by qmdd's format version 1 (LSQ codes referring to the step tensor),
+    kept in tests/deploy/data with the outputs its model gave when it was written."""
+    detector = load_packed(DATA / "mesonet_w2_format_v1.qmdd")
+    _, _, header = read_packed(DATA / "mesonet_w2_format_v1.qmdd")
+    assert {e["encoding"] for e in header["tensors"]} >= {"lsq_codes", "lsq_codes_sparse"}
+    expected = torch.load(DATA / "mesonet_w2_format_v1_io.pt", weights_only=True)
+    with torch.no_grad():
+        assert torch.equal(detector.model(expected["input"]), expected["output"])
+    assert detector.threshold == pytest.approx(0.3)
+
+
+def test_a_registered_toy_family_exports_its_own_codes(tmp_path):
+    """Export asks the quantizer, not a family name: a family whose weights sit on the
+    half-integer grid (k + 1/2) * s, with no zero level, round-trips through the file."""
+    import dataclasses
+
+    from qmdd.quant import Quantizer, QuantizerFamily, WeightCodes, quantize, register_quantizer
+    from qmdd.quant import _registry
+
+    class HalfGridWeights(Quantizer):
+        def __init__(self, bits, weight):
+            super().__init__(bits)
+            self.scale = torch.nn.Parameter(weight.detach().abs().reshape(weight.shape[0], -1).mean(1) + 1e-3)
+            self.calibrated = True
+
+        def observe(self, x):
+            pass
+
+        def finish_calibration(self):
+            self._end_observing()
+
+        def _codes(self, weight):
+            levels = 2**self.bits
+            scale = self.scale.view(-1, *([1] * (weight.dim() - 1)))
+            return (weight / scale - 0.5).round().clamp(-(levels // 2), levels // 2 - 1) + levels // 2, scale
+
+        def quantize(self, weight):
+            codes, scale = self._codes(weight)
+            return weight + ((codes - 2 ** (self.bits - 1) + 0.5) * scale - weight).detach()
+
+        def weight_codes(self, weight):
+            codes, _ = self._codes(weight.detach())
+            return WeightCodes(codes=codes.to(torch.int64), zero_point=2 ** (self.bits - 1) - 0.5, scale=self.scale.detach().clone(), bits=self.bits)
+
+    family = QuantizerFamily(
+        name="toyhalf",
+        weight_factory=lambda bits, weight, options: HalfGridWeights(bits, weight),
+        activation_factory=lambda bits, options: _registry.get_quantizer("lsq").activation(bits),
+        source="a test",
+    )
+    register_quantizer(family)
+    try:
+        config = load_config(None, ["model.arch=mesonet", "quant.bits=2", "quant.quantizer=toyhalf", f"data.crop_size={SIZE}"])
+        torch.manual_seed(0)
+        model = build_detector(config)
+        calibrate(model, [torch.randn(4, 3, SIZE, SIZE)])
+        model.eval()
+        save_packed(tmp_path / "toy.qmdd", model, config)
+        _, state, header = read_packed(tmp_path / "toy.qmdd")
+        coded = [e for e in header["tensors"] if e["encoding"] in ("codes", "codes_sparse")]
+        assert coded and all(e["zero_point"] == 1.5 and e["bits"] == 2 for e in coded)
+        loaded = load_packed(tmp_path / "toy.qmdd").model
+        assert torch.allclose(_outputs(loaded), _outputs(model), atol=1e-5)
+    finally:
+        _registry._FAMILIES.pop("toyhalf")

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from qmdd.config import config_from_dict
-from qmdd.training import build_detector, save_checkpoint
+from qmdd.checkpoint import save_checkpoint
+from qmdd.detector import build_detector
 
 
 def write_images(folder: Path, count: int, *, size: int = 32, seed: int = 0, fake: bool = False) -> None:

@@ -15,13 +15,12 @@ from qmdd.models import (
     FilteredBackbone,
     HighPassFilter,
     NPRFilter,
-    connect_blocks,
     create_model,
     default_input_filter,
     list_input_filters,
     list_models,
 )
-from qmdd.quant import calibrate, plan_precision, quantize
+from qmdd.quant import calibrate, connect_blocks, plan_precision, quantize
 
 # Published network (NPR-DeepfakeDetection networks/resnet.py, counted from its code):
 # bias-free convs, BN gamma/beta, fc 512 -> 1 with bias.

@@ -13,7 +13,6 @@ from qmdd.quant import (
     N2UQWeightQuantizer,
     SLRActivationQuantizer,
     calibrate,
-    configure_quantizers,
     get_quantizer,
     n2uq_fake_quant,
     quantize,
@@ -268,8 +267,7 @@ def test_n2uq_lr_scale_is_restored_from_the_checkpoint():
 def test_training_step_inside_quantize(quantizer, arch):
     torch.manual_seed(0)
     config = QuantConfig(bits=2, quantizer=quantizer, n2uq_threshold_lr_scale=0.5, slr_shift_init=0.25)
-    model = quantize(create_model(arch), config)
-    assert configure_quantizers(model, config) > 0
+    model = quantize(create_model(arch), config)  # applies the family options too
     calibrate(model, [torch.randn(4, 3, 16, 16)])
     layers = quantized_layers(model)
     assert layers and all(layer.input_quantizer.calibrated for _, layer in layers)
@@ -277,7 +275,7 @@ def test_training_step_inside_quantize(quantizer, arch):
         assert all(layer.input_quantizer._lr_scale == 0.5 for _, layer in layers)
     else:
         assert all(layer.input_quantizer.shift_init == 0.25 for _, layer in layers)
-    # MobileNet block outputs are signed and must get a signed grid (reference §7).
+    # MobileNet block outputs are signed and must get a signed grid (docs/quantization.md).
     assert any(layer.input_quantizer.signed_grid for _, layer in layers) is (arch == "mobilenet_v2")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0.0, 1.0] * 2)

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 
 from qmdd.config import load_config
 from qmdd.train import main
-from qmdd.training import build_detector, load_checkpoint
+from qmdd.checkpoint import load_checkpoint
+from qmdd.detector import build_detector
 from qmdd.training._distill import DistillationLoss, distillation_loss, init_state_dict
 from tiny_data import make_tiny_forensynths
 

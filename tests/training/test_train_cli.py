@@ -10,7 +10,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from qmdd.quant import QConv2d
 from qmdd.train import main
-from qmdd.training import load_checkpoint, load_detector
+from qmdd.checkpoint import load_checkpoint
+from qmdd.detector import load_detector
 
 TINY = ["--batch-size", "8", "--set", "data.crop_size=24", "--set", "train.log_every=1"]
 
@@ -66,7 +67,8 @@ def test_checkpoints_load_weights_only_and_rebuild_the_quantized_model(w2_run):
 def test_resumed_run_ends_with_the_same_metrics(tiny_root, tmp_path, w2_run):
     out = tmp_path / "interrupted"
     assert _train(tiny_root, out, "--bits", "2", "--epochs", "1") == 0
-    assert _train(tiny_root, out, "--bits", "2", "--epochs", "2", "--resume") == 0
+    # --resume takes the run's own config from last.pt: only what may change is given.
+    assert main(["--out", str(out), "--resume", "--epochs", "2"]) == 0
     resumed = json.loads((out / "metrics.json").read_text())
     straight = json.loads((w2_run / "metrics.json").read_text())
     assert resumed["test"] == straight["test"]
@@ -78,8 +80,10 @@ def test_resumed_run_ends_with_the_same_metrics(tiny_root, tmp_path, w2_run):
 def test_resume_refuses_a_different_config_and_a_missing_run(tiny_root, tmp_path, w2_run, capsys):
     assert _train(tiny_root, w2_run, "--bits", "3", "--epochs", "2", "--resume") == 1
     assert "quant.bits: 2 -> 3" in capsys.readouterr().err
-    assert _train(tiny_root, tmp_path / "nothing", "--bits", "2", "--resume") == 1
+    assert _train(tiny_root, tmp_path / "nothing", "--bits", "2", "--resume") == 2
     assert "holds no last.pt" in capsys.readouterr().err
+    assert main(["--resume", "--config", "configs/default.yaml", "--out", str(w2_run)]) == 2
+    assert "leave out --config" in capsys.readouterr().err
     assert _train(tiny_root, w2_run, "--bits", "2") == 1
     assert "--resume" in capsys.readouterr().err
 

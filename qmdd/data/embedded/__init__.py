@@ -5,6 +5,7 @@ Public API::
 
     from qmdd.data.embedded import build_embedded_benchmark, generate_fake, FAMILIES, SEEN_FAMILY
     root = build_embedded_benchmark()           # cached under ${QMDD_CACHE:-~/.cache/qmdd}/embedded/
+    other = build_embedded_variant("transposed_conv")   # the same benchmark, trained on another family
     fake = generate_fake("transposed_conv", image_uint8_hwc, np.random.default_rng(0))
 
 Command line::
@@ -21,6 +22,7 @@ from qmdd.data.embedded._builder import (
     FAMILIES,
     SEEN_FAMILY,
     build_embedded_benchmark,
+    build_embedded_variant,
     cache_key,
     default_cache_dir,
 )
@@ -35,6 +37,7 @@ __all__ = [
     "CONTROL_REGISTRY",
     "PHOTO_SPLITS",
     "build_embedded_benchmark",
+    "build_embedded_variant",
     "generate_fake",
     "apply_control",
     "cache_key",

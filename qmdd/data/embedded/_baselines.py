@@ -124,7 +124,7 @@ def histogram_baseline_ap(root: str | Path, bins: int = 16) -> dict[str, float]:
 
     Features: per-channel ``bins``-bin histograms (3 x 16 = 48 numbers); model: standardised
     logistic regression (C = 1). AP = ``sklearn.metrics.average_precision_score``, as the
-    ForenSynths protocol (reference.md §2). Near 0.5 means colour alone does not separate
+    ForenSynths protocol (Wang et al., CVPR 2020). Near 0.5 means colour alone does not separate
     the classes.
     """
     scores = _per_family_scores(root, lambda image: histogram_features(image, bins), {"ap": average_precision_score}, c=1.0)

@@ -1,6 +1,6 @@
 """Write the embedded benchmark to disk in the ForenSynths layout, seeded, cached, atomically.
 
-Layout (reference.md §2; labels come from the folder names)::
+Layout (ForenSynths', Wang et al. CVPR 2020; labels come from the folder names)::
 
     <root>/train/<category>/{0_real,1_fake}/*.png    fakes: SEEN_FAMILY only
     <root>/val/<category>/{0_real,1_fake}/*.png      fakes: SEEN_FAMILY only
@@ -14,6 +14,7 @@ Every file name starts with its source photo id (``<photo>_<index>[_<control>|_<
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import hashlib
 import json
@@ -36,7 +37,7 @@ from qmdd.data.embedded import _decoder
 from qmdd.data.embedded._families import CONTROL_REGISTRY, FAMILY_REGISTRY, apply_control, generate_fake
 from qmdd.data.embedded._photos import PHOTO_SCALE, PHOTO_SPLITS, SPLITS, assets_digest, load_manifest, load_photos
 
-__all__ = ["EMBEDDED_VERSION", "SEEN_FAMILY", "FAMILIES", "build_embedded_benchmark", "default_cache_dir", "cache_key"]
+__all__ = ["EMBEDDED_VERSION", "SEEN_FAMILY", "FAMILIES", "build_embedded_benchmark", "build_embedded_variant", "default_cache_dir", "cache_key"]
 
 #: Bump on any change that alters the written images (families, controls, split, counts,
 #: layout): the cache folder name contains it, so stale data is never mixed with new.
@@ -89,13 +90,13 @@ def cache_key(seed: int, image_size: int, scale: float) -> str:
     return f"v{EMBEDDED_VERSION}-{digest}"
 
 
-def _is_complete(root: Path, key: str | None = None) -> bool:
+def _is_complete(root: Path, key: str | None = None, name: str = "embedded") -> bool:
     """A folder is a finished build when its benchmark.json says so (written last, then renamed)."""
     try:
         info = json.loads((root / "benchmark.json").read_text())
     except (OSError, ValueError):
         return False
-    return info.get("name") == "embedded" and info.get("complete") is True and (key is None or info.get("key") == key)
+    return info.get("name") == name and info.get("complete") is True and (key is None or info.get("key") == key)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -304,3 +305,63 @@ def build_embedded_benchmark(
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
     return root
+
+
+def build_embedded_variant(seen_family: str, *, scale: float = 1.0, progress: bool | None = None) -> Path:
+    """The embedded benchmark with ``seen_family`` as the training family; returns its root.
+
+    Built once next to the cached benchmark (``<benchmark>-train-<family>``): train/ and
+    val/ get the benchmark's pair counts, written by the same pair writer with
+    ``seen_family`` as the generator, so reals, processed-real controls and crops follow
+    the same recipe; test/ links to the benchmark's own test folder (the same held-out
+    photos and families). The default family returns the benchmark itself. Raises
+    ValueError for a family that does not exist.
+    """
+    if seen_family not in FAMILIES:
+        close = difflib.get_close_matches(seen_family, FAMILIES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{seen_family!r} is not an embedded generator family{hint}; families: {', '.join(FAMILIES)}")
+    base = build_embedded_benchmark(scale=scale, progress=progress)
+    info = json.loads((base / "benchmark.json").read_text())
+    if seen_family == info["seen_family"]:
+        return base
+    target = base.parent / f"{base.name}-train-{seen_family}"
+    name = f"embedded-train-{seen_family}"
+    if _is_complete(target, name=name):
+        return target
+    partial = base.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_variant(partial, base, info, seen_family, scale, progress)
+        try:
+            os.rename(partial, target)  # atomic: a reader sees no tree or a whole one
+        except OSError:
+            if not _is_complete(target, name=name):  # not a concurrent build that finished first
+                raise
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _write_variant(out: Path, base: Path, info: dict, seen_family: str, scale: float, progress: bool | None) -> None:
+    photos = {split: load_photos(split) for split in ("train", "val")}
+    counts = {"train": _pairs(TRAIN_PAIRS, scale), "val": _pairs(VAL_PAIRS, scale)}
+    jobs = [_Job(split, seen_family, index, index % len(PHOTO_SPLITS[split])) for split, pairs in counts.items() for index in range(pairs)]
+    for job in jobs:
+        category = photos[job.split][job.photo_index][0].category
+        for label in ("0_real", "1_fake"):
+            (out / job.split / category / label).mkdir(parents=True, exist_ok=True)
+    disable = None if progress is None else not progress
+    for job in tqdm(jobs, desc=f"train/val on {seen_family}", unit="pair", disable=disable):
+        _write_pair(job, out, seed=info["seed"], image_size=info["image_size"])
+    (out / "test").symlink_to(base / "test", target_is_directory=True)
+    derived = {
+        "name": f"embedded-train-{seen_family}",
+        "seen_family": seen_family,
+        "derived_from": base.name,
+        "families": info["families"],
+        "counts": counts,
+        "docs": "docs/lottery.md (ticket transfer)",
+        "complete": True,  # written last
+    }
+    (out / "benchmark.json").write_text(json.dumps(derived, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """Procedural generator families and processed-real controls.
 
 Each family turns a real image into a fake that carries the trace a class of real
-generators leaves (reference.md §6; Zhang et al. WIFS 2019 "AutoGAN" showed that simulated
+generators leaves (docs/benchmark.md; Zhang et al. WIFS 2019 "AutoGAN" showed that simulated
 upsampling artifacts detect unseen GANs; Jeong et al. ECCV 2022 "FingerprintNet" trained on
 reals passed through autoencoders with different upsamplers). A family function draws
 fresh random weights for its fixed architecture on every call, as many trained instances

@@ -1,7 +1,7 @@
 """The real photos shipped in ``qmdd/data/assets/photos`` and their split by source photo.
 
 Every photo belongs to exactly one split, so no crop of a test photo is ever seen in
-training (reference.md §6: "split train and test by source photo, never by crop").
+training (split train and test by source photo, never by crop: docs/benchmark.md).
 """
 
 from __future__ import annotations

@@ -45,7 +45,10 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from qmdd.quant._layers import conv_sharing_parameters
 
-__all__ = ["connect_blocks", "ShortcutConv2d", "ConnectedBasicBlock", "ConnectedBottleneck", "ConnectedConvNormActivation", "is_connected"]
+#: Values of ``quant.block``: the backbone's own blocks, or Connected Quantized Blocks.
+BLOCKS = ("plain", "cqb")
+
+__all__ = ["BLOCKS", "connect_blocks", "ShortcutConv2d", "ConnectedBasicBlock", "ConnectedBottleneck", "ConnectedConvNormActivation", "is_connected"]
 
 
 class ShortcutConv2d(nn.Conv2d):
@@ -177,7 +180,8 @@ def connect_blocks(model: nn.Module) -> nn.Module:
     """Turn every residual block of ``model`` into a Connected Quantized Block, in place.
 
     Handles torchvision's ResNet ``BasicBlock``/``Bottleneck`` and MobileNetV2/V3
-    ``InvertedResidual``; call on the float model, before ``qmdd.quant.quantize``.
+    ``InvertedResidual``; :func:`qmdd.quant.quantize` calls it for ``quant.block: cqb``,
+    on the float model, before it swaps layers.
     Returns ``model``. Raises ``ValueError`` when the model has no such block (a CQB run
     that silently trained the plain model would mislead).
     """

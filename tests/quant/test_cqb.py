@@ -8,9 +8,10 @@ import torchvision
 from torch import nn
 
 from qmdd.config import ModelConfig, QuantConfig, RunConfig
-from qmdd.models import ShortcutConv2d, connect_blocks, create_model, is_connected
+from qmdd.models import create_model
+from qmdd.quant import ShortcutConv2d, connect_blocks, is_connected
 from qmdd.quant import QConv2d, calibrate
-from qmdd.training import build_detector
+from qmdd.detector import build_detector
 
 
 def _eval_bn_identity(module: nn.Module) -> None:
