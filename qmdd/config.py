@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -503,6 +504,53 @@ def suggest(name: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def _to_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _to_int(key: str, value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _to_float(key: str, value: Any) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if not math.isfinite(number):
+        # No key means anything by NaN or infinity, and both pass every range check.
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    return number
+
+
+def _to_str(key: str, value: Any) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key} must be a string, got {value!r}")
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
 def _convert(key: str, value: Any, annotation: Any) -> Any:
     """Coerce a YAML/CLI value to the field's annotated type, or raise ConfigError."""
     origin = typing.get_origin(annotation)
@@ -516,9 +564,8 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
             if type(None) in args:
                 return None
             raise ConfigError(f"{key} may not be null")
-        non_null = [a for a in args if a is not type(None)]
         errors = []
-        for candidate in non_null:
+        for candidate in (a for a in args if a is not type(None)):
             try:
                 return _convert(key, value, candidate)
             except ConfigError as error:
@@ -534,40 +581,8 @@ def _convert(key: str, value: Any, annotation: Any) -> Any:
         if len(value) != len(args):
             raise ConfigError(f"{key} must have {len(args)} entries, got {list(value)!r}")
         return tuple(_convert(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key} must be a number, got {value!r}")
-    if annotation is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if annotation in _SCALARS:
+        return _SCALARS[annotation](key, value)
     raise TypeError(f"unsupported annotation {annotation!r} for {key}")  # a bug, not user error
 
 

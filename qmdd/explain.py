@@ -48,77 +48,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str):
-    from qmdd.detector import load_detector
-
-    loaded = load_detector(path)
-    model, config = loaded.model, loaded.config
-    return model, config
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _batches(images: list[Path], transforms: list, batch_size: int):
+    """``(paths, [input batch per model])`` per batch of readable images, and the number
+    of unreadable ones (reported, never fatal) as the generator's return value."""
     import numpy as np
     import torch
 
-    from qmdd.data import DetectorTransform, ImageLoadError, load_rgb
-    from qmdd.gradcam import GradCAM, attention_shift, overlay, to_uint8_image
-    from qmdd.predict import collect_images
-    from qmdd.checkpoint import CheckpointError
-    from qmdd.utils import atomic_write_text
+    from qmdd.data import ImageLoadError, load_rgb
 
-    try:
-        models = [_load(args.checkpoint)] + ([_load(args.compare)] if args.compare else [])
-        cams = [GradCAM(model, args.layer) for model, _ in models]
-    except (CheckpointError, AttributeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    images = collect_images(args.images)[: args.limit]
-    if not images:
-        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)  # the test transform draws nothing; required by the API
-    transforms = [DetectorTransform(config.data, "test") for _, config in models]
-    records, shifts, failures = [], [], 0
-    for start in range(0, len(images), args.batch_size):
-        batch_paths, batches = [], [[] for _ in models]
-        for path in images[start : start + args.batch_size]:
+    failures = 0
+    for start in range(0, len(images), batch_size):
+        paths, batches = [], [[] for _ in transforms]
+        for path in images[start : start + batch_size]:
             try:
                 picture = load_rgb(path)
             except ImageLoadError as error:
                 print(f"error: {error}", file=sys.stderr)
                 failures += 1
                 continue
-            batch_paths.append(path)
+            paths.append(path)
             for index, transform in enumerate(transforms):
                 batches[index].append(transform(picture, rng))
-        if not batch_paths:
-            continue
-        inputs = [torch.stack(batch) for batch in batches]
-        maps = [cam(x, args.target) for cam, x in zip(cams, inputs)]
-        with torch.no_grad():
-            probabilities = [torch.sigmoid(model(x).reshape(-1)) for (model, _), x in zip(models, inputs)]
-        shift = attention_shift(maps[0], maps[1]) if len(maps) == 2 else None
-        for i, path in enumerate(batch_paths):
-            record = {"image": str(path), "overlays": [], "fake_probability": [float(p[i]) for p in probabilities]}
-            for m, (x, cam_maps) in enumerate(zip(inputs, maps), start=1):
-                target = out / f"{path.stem}_m{m}.png"
-                overlay(to_uint8_image(x[i]), cam_maps[i], scale=_SCALE).save(target)
-                record["overlays"].append(str(target))
-            if shift is not None:
-                value = float(shift[i])
-                record["attention_shift"] = value
-                shifts.append(value)
-            records.append(record)
-            probs = " ".join(f"{p:.3f}" for p in record["fake_probability"])
-            extra = f"\tshift {record['attention_shift']:.3f}" if shift is not None else ""
-            print(f"{probs}\t{path}{extra}")
-    if not records:
-        print("error: no image could be read", file=sys.stderr)
-        return 1
-    height, width = maps[0].shape[-2:]
+        if paths:
+            yield paths, [torch.stack(batch) for batch in batches]
+    return failures
+
+
+def _explain_batch(paths, inputs, models, cams, target: str, out: Path) -> list[dict]:
+    """Overlays and the attention shift for one batch; one record (and one printed line) per image."""
+    import torch
+
+    from qmdd.detector import fake_probability
+    from qmdd.gradcam import attention_shift, overlay, to_uint8_image
+
+    maps = [cam(x, target) for cam, x in zip(cams, inputs)]
+    with torch.no_grad():
+        probabilities = [fake_probability(model, x) for model, x in zip(models, inputs)]
+    shift = attention_shift(maps[0], maps[1]) if len(maps) == 2 else None
+    records = []
+    for i, path in enumerate(paths):
+        record = {"image": str(path), "overlays": [], "fake_probability": [float(p[i]) for p in probabilities]}
+        for m, (x, cam_maps) in enumerate(zip(inputs, maps), start=1):
+            overlay_path = out / f"{path.stem}_m{m}.png"
+            overlay(to_uint8_image(x[i]), cam_maps[i], scale=_SCALE).save(overlay_path)
+            record["overlays"].append(str(overlay_path))
+        if shift is not None:
+            record["attention_shift"] = float(shift[i])
+        records.append(record)
+        probs = " ".join(f"{p:.3f}" for p in record["fake_probability"])
+        extra = f"\tshift {record['attention_shift']:.3f}" if shift is not None else ""
+        print(f"{probs}\t{path}{extra}")
+    return records
+
+
+def _summary(args, cams, records: list[dict], map_size: tuple[int, int]) -> dict:
+    height, width = map_size
     summary = {
         "checkpoints": [args.checkpoint] + ([args.compare] if args.compare else []),
         "target_layers": [cam.layer for cam in cams],
@@ -126,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "map_size": [int(height), int(width)],
         "images": records,
     }
+    shifts = [r["attention_shift"] for r in records if "attention_shift" in r]
     if shifts:
         mean = sum(shifts) / len(shifts)
         summary["mean_attention_shift"] = mean
@@ -135,7 +121,45 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"attention shift ||L1 - L2||_F over {len(shifts)} images: mean {mean:.3f} "
             f"({height}x{width} maps; RMS difference {summary['mean_attention_shift_rms']:.4f})"
         )
-    atomic_write_text(out / "explain.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from qmdd.checkpoint import CheckpointError
+    from qmdd.data import DetectorTransform
+    from qmdd.detector import load_detector
+    from qmdd.gradcam import GradCAM
+    from qmdd.predict import collect_images
+    from qmdd.utils import atomic_write_text
+
+    try:
+        detectors = [load_detector(path) for path in [args.checkpoint, *([args.compare] if args.compare else [])]]
+        cams = [GradCAM(detector.model, args.layer) for detector in detectors]
+    except (CheckpointError, AttributeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    images = collect_images(args.images)[: args.limit]
+    if not images:
+        print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = [detector.model for detector in detectors]
+    batches = _batches(images, [DetectorTransform(detector.config.data, "test") for detector in detectors], args.batch_size)
+    records, failures, map_size = [], 0, None
+    while True:
+        try:
+            paths, inputs = next(batches)
+        except StopIteration as done:
+            failures = done.value
+            break
+        records += _explain_batch(paths, inputs, models, cams, args.target, out)
+        map_size = tuple(inputs[0].shape[-2:])
+    if not records:
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    atomic_write_text(out / "explain.json", json.dumps(_summary(args, cams, records, map_size), indent=2) + "\n")
     print(f"overlays in {out}/ (layer {', '.join(str(c.layer) for c in cams)})")
     return 1 if failures else 0
 

@@ -203,27 +203,7 @@ def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold
             f"cannot export an uncalibrated model ({uncalibrated[0]} and {len(uncalibrated) - 1} more): "
             "calibrate or train it first"
         )
-    coded = _coded_weight_layers(model)
-    entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    offset = 0
-    by_encoding: dict[str, int] = {}
-    state = model.state_dict()
-    for key, tensor in state.items():
-        mask = state.get(key[: -len("weight_orig")] + "weight_mask") if key.endswith("weight_orig") else None
-        if mask is not None:
-            # Pruned values never reach the output: store them as zeros, which the sparse
-            # encodings then skip.
-            tensor = tensor * mask
-        if key in coded:
-            entry, payload = _encode_codes(coded[key])
-        else:
-            entry, payload = _encode_tensor(key, tensor)
-        entry.update(name=key, shape=list(tensor.shape), offset=offset, length=len(payload))
-        entries.append(entry)
-        chunks.append(payload)
-        offset += len(payload)
-        by_encoding[entry["encoding"]] = by_encoding.get(entry["encoding"], 0) + len(payload)
+    entries, chunks = _encode_state(model)
     data = b"".join(chunks)
     header = {
         "format": _HEADER_FORMAT,
@@ -244,7 +224,31 @@ def save_packed(path: str | Path, model: nn.Module, config: RunConfig, threshold
             handle.write(data)
 
     atomic_write(path, write)
+    by_encoding: dict[str, int] = {}
+    for entry in entries:
+        by_encoding[entry["encoding"]] = by_encoding.get(entry["encoding"], 0) + entry["length"]
     return PackedStats(Path(path), len(prefix) + len(header_bytes) + len(data), len(header_bytes), by_encoding)
+
+
+def _encode_state(model: nn.Module) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """One header entry and one payload per state-dict tensor, in state-dict order."""
+    coded = _coded_weight_layers(model)
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    offset = 0
+    state = model.state_dict()
+    for key, tensor in state.items():
+        mask = state.get(key[: -len("weight_orig")] + "weight_mask") if key.endswith("weight_orig") else None
+        if mask is not None:
+            # Pruned values never reach the output: store them as zeros, which the sparse
+            # encodings then skip.
+            tensor = tensor * mask
+        entry, payload = _encode_codes(coded[key]) if key in coded else _encode_tensor(key, tensor)
+        entry.update(name=key, shape=list(tensor.shape), offset=offset, length=len(payload))
+        entries.append(entry)
+        chunks.append(payload)
+        offset += len(payload)
+    return entries, chunks
 
 
 # ------------------------------------------------------------------------------- load

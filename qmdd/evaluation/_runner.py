@@ -269,6 +269,27 @@ def _score_group(models: list[torch.nn.Module], sets: list[ResolvedSet], transfo
     return per_set
 
 
+def _set_result(rset: ResolvedSet, scored: tuple | None, threshold: float, options: EvalOptions) -> SetResult:
+    """One set's result for one checkpoint from its scores (None: the set was not scored)."""
+    result = SetResult(rset.name, rset.status, rset.reason, found_real=rset.found_real, found_fake=rset.found_fake)
+    if rset.status != OK or scored is None:
+        return result
+    indices, labels, scores, failures = scored
+    result.skipped = failures
+    result.paths = [str(rset.samples[i][0]) for i in indices]
+    result.labels, result.scores = labels, scores
+    present = set(labels.tolist())
+    if present != {0, 1}:
+        result.status = UNREADABLE
+        lost = "real" if 0 not in present else "fake"
+        result.reason = f"every {lost} image failed to load ({len(failures)} unreadable)"
+        return result
+    result.metrics = binary_metrics(labels, scores, calibrated_threshold=threshold)
+    if options.oracle:
+        result.oracle_acc, result.oracle_threshold = best_threshold_accuracy(labels, scores)
+    return result
+
+
 def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | Path | None = None, options: EvalOptions = EvalOptions(), labels: Sequence[str] | None = None) -> SuiteReport:
     """Score every checkpoint on every set of ``suite`` found under ``data_root``.
 
@@ -311,22 +332,6 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
     seconds = time.perf_counter() - start
 
     for slot, result in enumerate(results):
-        for rset in resolved.sets:
-            base = SetResult(rset.name, rset.status, rset.reason, found_real=rset.found_real, found_fake=rset.found_fake)
-            if rset.status == OK:
-                indices, set_labels, scores, failures = scored[(slot, rset.name)]
-                base.skipped = failures
-                base.paths = [str(rset.samples[i][0]) for i in indices]
-                base.labels, base.scores = set_labels, scores
-                present = set(set_labels.tolist())
-                if present != {0, 1}:
-                    base.status = UNREADABLE
-                    lost = "real" if 0 not in present else "fake"
-                    base.reason = f"every {lost} image failed to load ({len(failures)} unreadable)"
-                else:
-                    base.metrics = binary_metrics(set_labels, scores, calibrated_threshold=result.threshold)
-                    if options.oracle:
-                        base.oracle_acc, base.oracle_threshold = best_threshold_accuracy(set_labels, scores)
-            result.sets.append(base)
+        result.sets.extend(_set_result(rset, scored.get((slot, rset.name)), result.threshold, options) for rset in resolved.sets)
     return SuiteReport(suite, resolved, options, results, images_loaded, seconds)
 

@@ -74,6 +74,44 @@ def _check_same_network(config: RunConfig, source: RunConfig) -> None:
         raise PruneError("a ticket transfers to the same network; these settings differ from the source experiment: " + "; ".join(changes))
 
 
+def _arm_info(source: Path, arm: str, method: str | None, level: int, mask: Mask) -> dict[str, Any]:
+    return {"arm": arm, "method": method or "dense", "level": level, "source": str(source), "planned_unpruned": mask.unpruned}
+
+
+def _train_level_arms(source: Path, source_config: RunConfig, config: RunConfig, method: str, level: int, log: Callable[[str], None]) -> bool:
+    """Train one source level's two arms on the target data: the ticket (the source's mask,
+    from the source's weights or its rewind point) and a random mask of the same layer
+    sizes from a fresh start. False when the source level is not finished."""
+    src = level_dir(source, method, level)
+    if not (src / BEST_CHECKPOINT).is_file() or not (src / MASK_FILE).is_file():
+        return False
+    ticket = Mask.load(src / MASK_FILE)
+    rewind = source_config.prune.rewind_step
+
+    def ticket_start():
+        if rewind is None:
+            return load_checkpoint(src / BEST_CHECKPOINT)["model"]
+        return load_state_file(source / REWIND_FILE)["model"]
+
+    arm_dir = level_dir(config.train.out, method, level)
+    folder = arm_dir / "ticket"
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MASK_FILE).is_file():
+        ticket.save(folder / MASK_FILE)
+    one_shot = method == "one_shot"
+    train_level(level_config(config, folder, level, one_shot), folder, ticket, ticket_start, _arm_info(source, "ticket", method, level, ticket), log=log)
+
+    folder = arm_dir / "random"
+    seed = 1000 * config.train.seed + 10 * level + PRUNE_METHODS.index(method)
+    path = folder / MASK_FILE
+    random = Mask.load(path) if path.is_file() else random_mask_like(ticket, seed)
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        random.save(path)
+    train_level(level_config(config, folder, level, one_shot), folder, random, lambda: None, _arm_info(source, "random", method, level, random), log=log)
+    return True
+
+
 def run_transfer(source: Path, config: RunConfig, levels: list[int] | None = None, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the dense, ticket and random-mask arms on the target data (module docstring).
 
@@ -94,46 +132,17 @@ def run_transfer(source: Path, config: RunConfig, levels: list[int] | None = Non
         raise PruneError("the transfer folder must differ from the source experiment's")
     check_or_save_config(out, config, allow={"free"})
 
-    def info(arm: str, method: str | None, level: int, mask: Mask) -> dict[str, Any]:
-        return {"arm": arm, "method": method or "dense", "level": level, "source": str(source), "planned_unpruned": mask.unpruned}
-
     dense_mask = Mask.dense(build_detector(config, pretrained=False), config.prune)
     dense_dir = out / DENSE_DIR
     if not (dense_dir / MASK_FILE).is_file():
         dense_mask.save(dense_dir / MASK_FILE)
-    train_level(level_config(config, dense_dir, 0, False), dense_dir, dense_mask, lambda: None, info("dense", None, 0, dense_mask), log=log)
-
+    train_level(level_config(config, dense_dir, 0, False), dense_dir, dense_mask, lambda: None, _arm_info(source, "dense", None, 0, dense_mask), log=log)
     for method in PRUNE_METHODS:
         for level in levels or [int(p.name.split("_")[1]) for p in sorted((source / method).glob("level_*"))]:
             if level == 0:
                 continue
-            src = level_dir(source, method, level)
-            if not (src / BEST_CHECKPOINT).is_file() or not (src / MASK_FILE).is_file():
-                log(f"[lth] transfer: no finished ticket in {src}; skipped")
-                continue
-            ticket = Mask.load(src / MASK_FILE)
-            rewind = source_config.prune.rewind_step
-
-            def ticket_start(src: Path = src):
-                if rewind is None:
-                    return load_checkpoint(src / BEST_CHECKPOINT)["model"]
-                return load_state_file(source / REWIND_FILE)["model"]
-
-            arm_dir = level_dir(out, method, level)
-            folder = arm_dir / "ticket"
-            folder.mkdir(parents=True, exist_ok=True)
-            if not (folder / MASK_FILE).is_file():
-                ticket.save(folder / MASK_FILE)
-            train_level(level_config(config, folder, level, method == "one_shot"), folder, ticket, ticket_start, info("ticket", method, level, ticket), log=log)
-
-            folder = arm_dir / "random"
-            seed = 1000 * config.train.seed + 10 * level + PRUNE_METHODS.index(method)
-            path = folder / MASK_FILE
-            random = Mask.load(path) if path.is_file() else random_mask_like(ticket, seed)
-            if not path.is_file():
-                folder.mkdir(parents=True, exist_ok=True)
-                random.save(path)
-            train_level(level_config(config, folder, level, method == "one_shot"), folder, random, lambda: None, info("random", method, level, random), log=log)
+            if not _train_level_arms(source, source_config, config, method, level, log):
+                log(f"[lth] transfer: no finished ticket in {level_dir(source, method, level)}; skipped")
     return summarise_transfer(out, source)
 
 

@@ -182,11 +182,23 @@ def _build_into(out: Path, *, key: str, seed: int, image_size: int, scale: float
     for folder in folders:
         for label in ("0_real", "1_fake"):
             (out / folder / label).mkdir(parents=True, exist_ok=True)
-
+    results = _write_pairs(jobs, functools.partial(_write_pair, out=out, seed=seed, image_size=image_size), progress)
     counts: dict[str, dict[str, int]] = {}
     controls: dict[str, dict[str, int]] = {}
+    for job, (folder, control) in zip(jobs, results):
+        group = "test/" + job.family if job.split == "test" else job.split
+        counts.setdefault(group, {"real": 0, "fake": 0})
+        counts[group]["real"] += 1
+        counts[group]["fake"] += 1
+        if control:
+            controls.setdefault(group, {name: 0 for name in CONTROL_REGISTRY})[control] += 1
+    classes = sorted({folder.split("/", 1)[1] for folder in folders if folder.startswith("train/")})
+    _write_metadata(out, key=key, seed=seed, image_size=image_size, scale=scale, classes=classes, counts=counts, controls=controls)
+
+
+def _write_pairs(jobs: list[_Job], write: Callable[[_Job], tuple[str, str | None]], progress: bool | None) -> list[tuple[str, str | None]]:
+    """Run ``write`` on every job, in worker processes when there are enough of them."""
     disable = None if progress is None else not progress
-    write = functools.partial(_write_pair, out=out, seed=seed, image_size=image_size)
     workers = _workers(len(jobs))
     with contextlib.ExitStack() as stack:
         # One BLAS thread: the matrices are small, and idle OpenBLAS threads spin, which
@@ -202,15 +214,12 @@ def _build_into(out: Path, *, key: str, seed: int, image_size: int, scale: float
             results = pool.map(_write_job, [(write, job) for job in jobs], chunksize=32)
         else:
             results = map(_write_job, [(write, job) for job in jobs])
-        results = list(tqdm(results, total=len(jobs), desc="embedded benchmark", unit="pair", disable=disable))
-    for job, (folder, control) in zip(jobs, results):
-        group = "test/" + job.family if job.split == "test" else job.split
-        counts.setdefault(group, {"real": 0, "fake": 0})
-        counts[group]["real"] += 1
-        counts[group]["fake"] += 1
-        if control:
-            controls.setdefault(group, {name: 0 for name in CONTROL_REGISTRY})[control] += 1
+        return list(tqdm(results, total=len(jobs), desc="embedded benchmark", unit="pair", disable=disable))
 
+
+def _write_metadata(out: Path, *, key: str, seed: int, image_size: int, scale: float, classes: list[str], counts: dict, controls: dict) -> None:
+    """``sources.json`` (which photo feeds which split, with attribution), then
+    ``benchmark.json``, whose ``complete`` flag marks a finished build."""
     manifest = {entry["id"]: entry for entry in load_manifest()["photos"]}
     sources = {
         "splits": {split: list(PHOTO_SPLITS[split]) for split in SPLITS},
@@ -231,7 +240,7 @@ def _build_into(out: Path, *, key: str, seed: int, image_size: int, scale: float
         "seen_family": SEEN_FAMILY,
         "families": list(FAMILIES),
         "unseen_families": [f for f in FAMILIES if f != SEEN_FAMILY],
-        "classes": sorted({folder.split("/", 1)[1] for folder in folders if folder.startswith("train/")}),
+        "classes": classes,
         "counts": counts,
         "controls": controls,
         "photo_scale": PHOTO_SCALE,
@@ -267,44 +276,55 @@ def build_embedded_benchmark(
     complete, so an interrupted build never looks finished. A complete build whose
     ``benchmark.json`` carries the same cache key is returned at once.
     """
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not isinstance(image_size, (int, np.integer)) or not 16 <= image_size <= 256:
-        raise ValueError(f"image_size must be an integer in [16, 256] px, got {image_size!r}")
-    if not scale > 0 or not np.isfinite(scale):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    seed, image_size, scale = int(seed), int(image_size), float(scale)
+    seed, image_size, scale = _checked_build_args(seed, image_size, scale)
     key = cache_key(seed, image_size, scale)
-    root = (default_cache_dir() / key) if root is None else Path(root).expanduser()
-    root = root.absolute()
-
+    root = ((default_cache_dir() / key) if root is None else Path(root).expanduser()).absolute()
     if root.exists():
         if _is_complete(root, key) and not force:
             return root
         if any(root.iterdir()) and not _is_complete(root):
             # A user folder with other content: never delete what this code did not write.
             raise FileExistsError(f"{root} exists and is not an embedded benchmark; choose an empty or new folder")
+    build = functools.partial(_build_into, key=key, seed=seed, image_size=image_size, scale=scale, progress=progress)
+    return _build_atomically(root, build, lambda: _is_complete(root, key))
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    partial = root.parent / f".{root.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+def _checked_build_args(seed: int, image_size: int, scale: float) -> tuple[int, int, float]:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not isinstance(image_size, (int, np.integer)) or not 16 <= image_size <= 256:
+        raise ValueError(f"image_size must be an integer in [16, 256] px, got {image_size!r}")
+    if not scale > 0 or not np.isfinite(scale):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    return int(seed), int(image_size), float(scale)
+
+
+def _build_atomically(target: Path, build: Callable[[Path], None], finished_elsewhere: Callable[[], bool]) -> Path:
+    """Run ``build`` into a hidden sibling folder, then rename it onto ``target``.
+
+    An interrupted build never looks finished, and a reader sees no tree or a whole one.
+    A folder already at ``target`` (an older or other-parameter build, or an empty folder)
+    is moved aside first; if a concurrent build renamed its own first
+    (``finished_elsewhere``), that one is used.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
     try:
-        _build_into(partial, key=key, seed=seed, image_size=image_size, scale=scale, progress=progress)
-        if root.exists():
-            # An older / other-parameter build, or an empty folder: move it aside, then swap.
-            stale = root.parent / f".{root.name}.stale-{uuid.uuid4().hex[:8]}"
-            os.rename(root, stale)
+        build(partial)
+        if target.exists():
+            stale = target.parent / f".{target.name}.stale-{uuid.uuid4().hex[:8]}"
+            os.rename(target, stale)
             shutil.rmtree(stale, ignore_errors=True)
         try:
-            os.rename(partial, root)
+            os.rename(partial, target)
         except OSError:
-            if _is_complete(root, key):  # a concurrent build finished first: use it
-                return root
-            raise
+            if not finished_elsewhere():
+                raise
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)
-    return root
+    return target
 
 
 def build_embedded_variant(seen_family: str, *, scale: float = 1.0, progress: bool | None = None) -> Path:
@@ -329,18 +349,8 @@ def build_embedded_variant(seen_family: str, *, scale: float = 1.0, progress: bo
     name = f"embedded-train-{seen_family}"
     if _is_complete(target, name=name):
         return target
-    partial = base.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        _write_variant(partial, base, info, seen_family, scale, progress)
-        try:
-            os.rename(partial, target)  # atomic: a reader sees no tree or a whole one
-        except OSError:
-            if not _is_complete(target, name=name):  # not a concurrent build that finished first
-                raise
-    finally:
-        if partial.exists():
-            shutil.rmtree(partial, ignore_errors=True)
-    return target
+    build = functools.partial(_write_variant, base=base, info=info, seen_family=seen_family, scale=scale, progress=progress)
+    return _build_atomically(target, build, lambda: _is_complete(target, name=name))
 
 
 def _write_variant(out: Path, base: Path, info: dict, seen_family: str, scale: float, progress: bool | None) -> None:
