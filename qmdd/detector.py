@@ -22,7 +22,7 @@ from torch import nn
 from qmdd.checkpoint import CheckpointError, checkpoint_threshold, load_checkpoint
 from qmdd.config import ConfigError, RunConfig, config_from_dict, suggest
 from qmdd.models import create_model, crop_alignment, list_input_filters, list_models, resolved_input_filter
-from qmdd.quant import BLOCKS, SUPPORTED_BITS, list_quantizers, quantize
+from qmdd.quant import BLOCKS, SUPPORTED_BITS, has_connectable_blocks, list_quantizers, quantize
 
 __all__ = ["validate_config", "resolve_model_defaults", "build_detector", "LoadedDetector", "load_detector", "fake_probability"]
 
@@ -45,6 +45,11 @@ def validate_config(config: RunConfig) -> RunConfig:
     quant = config.quant
     _check_name("quant.quantizer", quant.quantizer, list_quantizers())
     _check_name("quant.block", quant.block, BLOCKS)
+    if quant.block == "cqb" and not has_connectable_blocks(create_model(config.model.arch)):
+        raise ConfigError(
+            f"quant.block=cqb needs residual blocks, and model.arch={config.model.arch!r} has none "
+            "(Connected Quantized Blocks connect ResNet blocks and MobileNet inverted residuals); use quant.block=plain"
+        )
     for key in ("bits", "weight_bits", "act_bits", "first_layer_bits", "last_layer_bits"):
         value = getattr(quant, key)
         if value is not None and value not in SUPPORTED_BITS:

@@ -317,7 +317,11 @@ def _set_output_qparams(graph_module: nn.Module, node, scale: float, zero_point:
     if node.op == "call_module":
         module = graph_module.get_submodule(node.target)
         if hasattr(module, "scale") and hasattr(module, "zero_point") and not isinstance(module, Int8LSQInput):
-            module.scale, module.zero_point = float(scale), int(zero_point)
+            if isinstance(module.scale, torch.Tensor):  # a buffer (quantized BatchNorm, ...)
+                module.scale.fill_(float(scale))
+                module.zero_point.fill_(int(zero_point))
+            else:
+                module.scale, module.zero_point = float(scale), int(zero_point)
             return True
         return False
     if node.op == "call_function" and node.target in (torch.quantize_per_tensor, torch.ops.quantized.add, torch.ops.quantized.add_relu):

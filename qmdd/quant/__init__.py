@@ -16,7 +16,7 @@ file, the int8 path and the cost counters ask for instead of naming a family.
 """
 
 from qmdd.quant._base import SUPPORTED_BITS, ActivationQuantizer, FullPrecision, NotCalibratedError, Quantizer, UniformGrid, WeightCodes, signed_range, unsigned_range
-from qmdd.quant._cqb import BLOCKS, ShortcutConv2d, connect_blocks, is_connected
+from qmdd.quant._cqb import BLOCKS, ShortcutConv2d, connect_blocks, has_connectable_blocks, is_connected
 from qmdd.quant._layers import QUANTIZED_LAYERS, QUANTIZER_ATTRIBUTES, QConv2d, QLinear
 from qmdd.quant._lsq import LSQ_MIN_STEP, LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant
 from qmdd.quant._n2uq import N2UQActivationQuantizer, N2UQWeightQuantizer, n2uq_fake_quant, n2uq_thresholds
@@ -28,6 +28,7 @@ __all__ = [
     "SUPPORTED_BITS",
     "BLOCKS",
     "connect_blocks",
+    "has_connectable_blocks",
     "is_connected",
     "ShortcutConv2d",
     "WeightCodes",

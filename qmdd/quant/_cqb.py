@@ -48,7 +48,7 @@ from qmdd.quant._layers import conv_sharing_parameters
 #: Values of ``quant.block``: the backbone's own blocks, or Connected Quantized Blocks.
 BLOCKS = ("plain", "cqb")
 
-__all__ = ["BLOCKS", "connect_blocks", "ShortcutConv2d", "ConnectedBasicBlock", "ConnectedBottleneck", "ConnectedConvNormActivation", "is_connected"]
+__all__ = ["BLOCKS", "connect_blocks", "has_connectable_blocks", "ShortcutConv2d", "ConnectedBasicBlock", "ConnectedBottleneck", "ConnectedConvNormActivation", "is_connected"]
 
 
 class ShortcutConv2d(nn.Conv2d):
@@ -81,12 +81,12 @@ def _spatial_shortcut(conv: nn.Conv2d) -> nn.Module | None:
     return nn.AvgPool2d(conv.kernel_size, conv.stride, conv.padding, count_include_pad=False)
 
 
-def _channel_mean(x: torch.Tensor, out_channels: int) -> torch.Tensor:
-    """Average consecutive groups of C / out_channels channels (C a multiple of it)."""
-    n, c, h, w = x.shape
-    if c == out_channels:
-        return x
-    return x.view(n, out_channels, c // out_channels, h, w).mean(dim=2)
+def _channel_mean(x: torch.Tensor, group: int) -> torch.Tensor:
+    """Average consecutive groups of ``group`` channels (C a multiple of it; 1 = identity).
+
+    Written without branching on the tensor's shape, so FX can trace it (the int8 path).
+    """
+    return x.unflatten(1, (-1, group)).mean(dim=2)
 
 
 class ConnectedBasicBlock(nn.Module):
@@ -119,6 +119,7 @@ class ConnectedBottleneck(nn.Module):
         width = self.conv1.out_channels
         # conv1 reduces channels (256 -> 64 ...): a group mean matches when they divide.
         self.reduce_channels = self.conv1.stride == (1, 1) and self.conv1.in_channels % width == 0
+        self.channel_group = self.conv1.in_channels // width
         conv2_shortcut = _spatial_shortcut(self.conv2)
         self._conv2_connected = conv2_shortcut is not None
         self.conv2_shortcut = conv2_shortcut or nn.Identity()
@@ -127,7 +128,7 @@ class ConnectedBottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         h1 = self.bn1(self.conv1(x))
         if self.reduce_channels:
-            h1 = h1 + _channel_mean(x, h1.shape[1])
+            h1 = h1 + _channel_mean(x, self.channel_group)
         a1 = self.relu(h1)
         h2 = self.bn2(self.conv2(a1))
         if self._conv2_connected:
@@ -209,6 +210,16 @@ def connect_blocks(model: nn.Module) -> nn.Module:
             "use quant.block=plain for this backbone"
         )
     return model
+
+
+def has_connectable_blocks(model: nn.Module) -> bool:
+    """True when ``model`` has a block :func:`connect_blocks` can connect (ResNet blocks,
+    MobileNet inverted residuals with a depthwise conv)."""
+    from torchvision.models.mobilenetv2 import InvertedResidual as InvertedResidualV2
+    from torchvision.models.mobilenetv3 import InvertedResidual as InvertedResidualV3
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    return any(type(m) in (BasicBlock, Bottleneck, InvertedResidualV2, InvertedResidualV3) for m in model.modules())
 
 
 def is_connected(model: nn.Module) -> bool:
