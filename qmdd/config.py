@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -392,7 +393,11 @@ class TrainConfig:
         _check_probability("train.distill_alpha", self.distill_alpha)
         if not self.distill_temperature > 0:
             raise ConfigError(f"train.distill_temperature={self.distill_temperature} must be > 0")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+        if self.seed < 0:
+            raise ConfigError(f"train.seed={self.seed} must be >= 0")
+        if not self.weight_decay >= 0:
+            raise ConfigError(f"train.weight_decay={self.weight_decay} must be >= 0")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"train.device={self.device!r} must be 'auto', 'cpu' or 'cuda[:N]'")
         if self.amp not in _AMP_MODES:
             raise ConfigError(
@@ -642,9 +647,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (a binary file?)") from None
         except yaml.YAMLError as error:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            # `[]`, `0` or `false` would otherwise silently mean "the defaults".
+            raise ConfigError(f"config file {str(path)!r} must be a mapping of sections (train:, data:, ...), got {type(loaded).__name__} {loaded!r}")
         values = loaded or {}
     config = config_from_dict(values)
     return apply_overrides(config, overrides)

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from qmdd.checkpoint import CheckpointError, checkpoint_threshold, load_checkpoint
-from qmdd.config import ConfigError, RunConfig, config_from_dict, suggest
+from qmdd.checkpoint import CheckpointError, checkpoint_threshold, load_checkpoint, stored_config
+from qmdd.config import ConfigError, RunConfig, suggest
 from qmdd.models import create_model, crop_alignment, list_input_filters, list_models, resolved_input_filter
 from qmdd.quant import BLOCKS, SUPPORTED_BITS, has_connectable_blocks, list_quantizers, quantize
 
@@ -110,14 +110,16 @@ def load_detector(path: str | Path, map_location: str | torch.device = "cpu") ->
     """Rebuild the trained detector of a checkpoint, in eval mode, with its config and threshold."""
     payload = load_checkpoint(path, map_location)
     try:
-        config = resolve_model_defaults(validate_config(config_from_dict(payload.get("config"))))
+        config = resolve_model_defaults(validate_config(stored_config(payload, path)))
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: its stored config is not usable: {error}") from None
     model = build_detector(config, pretrained=False)
     try:
         model.load_state_dict(payload["model"])
     except (KeyError, RuntimeError) as error:
-        raise CheckpointError(f"{path}: its weights do not fit the {config.model.arch} architecture it names: {error}") from None
+        reason = " ".join(str(error).split())  # torch's message spans lines and tabs
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        raise CheckpointError(f"{path}: its weights do not fit the {config.model.arch} architecture it names: {reason}") from None
     model.to(map_location)
     model.eval()
     return LoadedDetector(model, config, checkpoint_threshold(payload))

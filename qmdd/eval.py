@@ -88,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qmdd.data import DataLayoutError
     from qmdd.evaluation import EvalError, EvalOptions, SuiteError, evaluate, format_table, log_tensorboard, resolve_suite_name, write_reports
     from qmdd.checkpoint import CheckpointError
+    from qmdd.utils import OutputPathError, writable_dir
 
     try:
         suite = resolve_suite_name(args.suite)
@@ -109,15 +110,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             oracle=args.oracle,
             crop_shift=args.crop_shift,
         )
+        # Checked before the evaluation, so a bad --out costs a sentence, not the results.
+        writable_dir(args.out if args.out else Path("runs") / "eval")
         report = evaluate(args.checkpoint, suite, args.data_root, options, labels=args.label)
-    except (EvalError, SuiteError, CheckpointError, DataLayoutError) as error:
+    except (EvalError, SuiteError, CheckpointError, DataLayoutError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 
     out = Path(args.out) if args.out else Path("runs") / "eval" / f"{time.strftime('%Y%m%d-%H%M%S')}-{report.name}"
-    written = write_reports(report, out, save_predictions=args.save_predictions)
-    log_tensorboard(report, out)
-    print(format_table(report))
+    print(format_table(report))  # first: whatever happens to the files, the numbers are on screen
+    try:
+        written = write_reports(report, out, save_predictions=args.save_predictions)
+        log_tensorboard(report, out)
+    except OSError as error:
+        print(f"error: the table above could not be written to {out}: {error.strerror or error}", file=sys.stderr)
+        return 1
     for result in report.checkpoints[:1]:
         for s in result.sets:
             for failure in s.skipped:

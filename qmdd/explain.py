@@ -131,12 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qmdd.detector import load_detector
     from qmdd.gradcam import GradCAM
     from qmdd.predict import collect_images
-    from qmdd.utils import atomic_write_text
+    from qmdd.utils import OutputPathError, atomic_write_text, writable_dir
 
     try:
+        writable_dir(args.out)
         detectors = [load_detector(path) for path in [args.checkpoint, *([args.compare] if args.compare else [])]]
         cams = [GradCAM(detector.model, args.layer) for detector in detectors]
-    except (CheckpointError, AttributeError) as error:
+    except (CheckpointError, AttributeError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     images = collect_images(args.images)[: args.limit]
@@ -144,7 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
         return 1
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     models = [detector.model for detector in detectors]
     batches = _batches(images, [DetectorTransform(detector.config.data, "test") for detector in detectors], args.batch_size)
     records, failures, map_size = [], 0, None

@@ -51,13 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qmdd.deploy import FILE_SUFFIX, PackedFormatError, save_packed
     from qmdd.checkpoint import CheckpointError
     from qmdd.detector import load_detector
+    from qmdd.utils import OutputPathError, writable_file
 
     try:
+        writable_file(args.out)
         loaded = load_detector(args.checkpoint)
         model, config = loaded.model, loaded.config
         stats = save_packed(args.out, model, config, threshold=loaded.threshold)
-    except (CheckpointError, PackedFormatError) as error:
+    except (CheckpointError, PackedFormatError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # the disk filled while writing: the atomic write left nothing behind
+        print(f"error: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
         return 1
     if not args.out.endswith(FILE_SUFFIX):
         print(f"note: {args.out} does not end in {FILE_SUFFIX}", file=sys.stderr)

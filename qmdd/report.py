@@ -46,21 +46,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from qmdd.config import ConfigError, load_config
     from qmdd.checkpoint import CheckpointError
-    from qmdd.detector import build_detector, load_detector
+    from qmdd.detector import build_detector, load_detector, validate_config
 
     if args.checkpoint and (args.arch or args.bits is not None or args.overrides):
         print("error: give either --checkpoint or --arch/--bits/--set, not both", file=sys.stderr)
         return 2
+    from qmdd.utils import OutputPathError, writable_file
+
     try:
+        if args.json:
+            writable_file(args.json, "--json")
         if args.checkpoint:
             loaded = load_detector(args.checkpoint)
             model, config = loaded.model, loaded.config
         else:
             overrides = [f"model.arch={args.arch}"] if args.arch else []
             overrides += [f"quant.bits={args.bits}"] if args.bits is not None else []
-            config = load_config(None, [*overrides, *args.overrides])
+            config = validate_config(load_config(None, [*overrides, *args.overrides]))
             model = build_detector(config)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from qmdd.cost import count_costs, format_cost_table, report_to_dict

@@ -90,8 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def shortcut_overrides(args: argparse.Namespace, shortcuts: dict[str, str] = _SHORTCUTS) -> list[str]:
-    """``KEY=VALUE`` overrides for the shortcut flags that were given (before any --set)."""
-    return [f"{key}={getattr(args, flag)}" for flag, key in shortcuts.items() if getattr(args, flag, None) is not None]
+    """``KEY=VALUE`` overrides for the shortcut flags that were given (before any --set).
+
+    An empty value is refused: ``KEY=`` means null, so ``--classes ''`` would silently mean
+    "every class".
+    """
+    given = {flag: getattr(args, flag) for flag in shortcuts if getattr(args, flag, None) is not None}
+    for flag, value in given.items():
+        if isinstance(value, str) and not value.strip(" ,"):
+            raise ConfigError(f"--{flag.replace('_', '-')} needs a value, got {value!r}")
+    return [f"{shortcuts[flag]}={value}" for flag, value in given.items()]
 
 
 def answer_listing(args: argparse.Namespace) -> bool:
@@ -132,16 +140,16 @@ def build_config(args: argparse.Namespace):
         raise ConfigError("--resume continues the run in --out with its own config; leave out --config (--set changes what may change, e.g. --set train.epochs=20)")
     if not args.out:
         raise ConfigError("--resume needs --out, the folder of the run to continue")
-    from qmdd.checkpoint import CheckpointError, load_checkpoint
-    from qmdd.config import apply_overrides, config_from_dict
+    from qmdd.checkpoint import CheckpointError, load_checkpoint, stored_config
+    from qmdd.config import apply_overrides
     from qmdd.run_folder import LAST_CHECKPOINT
 
     last = Path(args.out) / LAST_CHECKPOINT
     if not last.is_file():
         raise ConfigError(f"--resume: {args.out} holds no {LAST_CHECKPOINT} to continue from")
     try:
-        saved = config_from_dict(load_checkpoint(last)["config"])
-    except (CheckpointError, KeyError) as error:
+        saved = stored_config(load_checkpoint(last), last)
+    except CheckpointError as error:
         raise ConfigError(f"--resume: {last} cannot be read: {error}") from None
     return validate_config(apply_overrides(saved, overrides))
 

@@ -170,7 +170,7 @@ class SuiteReport:
     resolved: ResolvedSuite
     options: EvalOptions
     checkpoints: list[CheckpointResult]
-    images_loaded: int
+    images_loaded: int  # decoded and scored, per pass over the images; skipped ones excluded
     seconds: float
 
     @property
@@ -190,12 +190,20 @@ class SuiteReport:
         return self.images_loaded / self.seconds if self.seconds > 0 else math.nan
 
 
-def default_data_root(suite: Suite, progress: bool | None = None) -> Path:
+def default_data_root(suite: Suite, progress: bool | None = None, trained_on: Sequence[DataConfig] = ()) -> Path:
+    """The data root of a suite run without ``--data-root``.
+
+    For the embedded suite, the embedded build the checkpoints were trained with
+    (``data.embedded_scale``), so the table scores what their own test pass scored.
+    """
     if suite.default_root == EMBEDDED_ROOT:
         from qmdd.data import resolve_data_root
 
+        scales = sorted({data.embedded_scale for data in trained_on}) or [DataConfig().embedded_scale]
+        if len(scales) > 1:
+            raise EvalError(f"the checkpoints were trained on different embedded builds (data.embedded_scale {scales}); evaluate them separately, or pass --data-root")
         try:
-            return resolve_data_root(DataConfig(), progress)
+            return resolve_data_root(DataConfig(embedded_scale=scales[0]), progress)
         except ImportError as error:
             raise EvalError(f"the embedded benchmark is not available ({error}); pass --data-root") from None
     raise EvalError(f"suite {suite.name!r} needs --data-root (see docs/data.md for how to download it)")
@@ -302,11 +310,14 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
     if len(labels) != len(checkpoints):
         raise EvalError(f"{len(labels)} labels for {len(checkpoints)} checkpoints")
     device = _resolve_device(options.device)
-    root = Path(data_root).expanduser() if data_root is not None else default_data_root(suite, options.progress)
+    loaded = [load_detector(path, map_location=device) for path in checkpoints]
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+    else:
+        root = default_data_root(suite, options.progress, [detector.config.data for detector in loaded])
     if not root.is_dir():
         raise EvalError(f"data root {root} does not exist")
     resolved = resolve_suite(suite, root)
-    loaded = [load_detector(path, map_location=device) for path in checkpoints]
     transforms = [transform_for(suite.protocol, detector.config, options) for detector in loaded]
     results = [
         CheckpointResult(label, str(path), detector.config.model.arch, detector.config.quant.tag, t.key, [], threshold=detector.threshold)
@@ -325,7 +336,7 @@ def evaluate(checkpoints: Sequence[str | Path], suite: Suite, data_root: str | P
         if not ready:
             break
         per_set = _score_group([loaded[s].model for s in slots], ready, transforms[slots[0]], options, device, suite.protocol.seed, suite.name)
-        images_loaded += sum(len(r.samples) for r in ready)
+        images_loaded += sum(len(indices) for indices, *_ in per_set)  # unreadable ones not counted
         for rset, (indices, set_labels, set_scores, failures) in zip(ready, per_set):
             for slot, scores in zip(slots, set_scores):
                 scored[(slot, rset.name)] = (indices, set_labels, scores, failures)

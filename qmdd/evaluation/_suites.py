@@ -197,16 +197,23 @@ def load_suite_file(path: str | Path) -> Suite:
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SuiteError(f"cannot read suite file {path}: not UTF-8 text (a binary file?)") from None
     except (OSError, yaml.YAMLError) as error:
         raise SuiteError(f"cannot read suite file {path}: {error}") from None
     raw = dict(_from_mapping(Suite, raw or {}, path.name))
     raw.setdefault("name", path.stem)
     raw.setdefault("description", f"custom suite from {path}")
     sets = []
-    for index, item in enumerate(raw.get("sets") or []):
+    listed_sets = raw.get("sets") or []
+    if not isinstance(listed_sets, list):
+        raise SuiteError(f"{path.name}: sets must be a list of set names or mappings, got {listed_sets!r}")
+    for index, item in enumerate(listed_sets):
         if isinstance(item, str):
             sets.append(SetSpec(name=item))
+        elif not isinstance(item, dict):
+            raise SuiteError(f"{path.name}: sets[{index}] must be a set name or a mapping, got {item!r}")
         else:
             values = _from_mapping(SetSpec, item, f"{path.name}: sets[{index}]")
             if "name" not in values:
@@ -219,7 +226,9 @@ def load_suite_file(path: str | Path) -> Suite:
     except TypeError as error:
         raise SuiteError(f"{path.name}: protocol: {error}") from None
     search = raw.get("search", ("",))
-    raw["search"] = tuple(str(s) for s in ([search] if isinstance(search, str) else search))
+    if not isinstance(search, (str, list, tuple)) or not all(isinstance(s, str) for s in ([search] if isinstance(search, str) else search)):
+        raise SuiteError(f"{path.name}: search must be a folder name or a list of them, got {search!r}")
+    raw["search"] = tuple([search] if isinstance(search, str) else search)
     return Suite(**raw)
 
 

@@ -7,6 +7,7 @@ order does not matter.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,10 +18,15 @@ from qmdd.metrics import BinaryMetrics
 from qmdd.quant import quantized_layers
 from qmdd.training._distributed import all_reduce_mean
 from qmdd.training._loop import Callback, Trainer
-from qmdd.checkpoint import save_checkpoint
+from qmdd.checkpoint import link_checkpoint, save_checkpoint
+from qmdd.utils import is_disk_full
 from qmdd.run_folder import BEST_CHECKPOINT, LAST_CHECKPOINT
 
-__all__ = ["PlateauLRSchedule", "Checkpointer", "TensorBoardLogger"]
+__all__ = ["PlateauLRSchedule", "Checkpointer", "CheckpointWriteError", "TensorBoardLogger"]
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, folder gone...); the previous one is intact."""
 
 
 class PlateauLRSchedule(Callback):
@@ -53,22 +59,19 @@ class Checkpointer(Callback):
     def __init__(self, out_dir: Path, config: RunConfig) -> None:
         self.out_dir, self.config = out_dir, config
 
-    def _save(self, trainer: Trainer, name: str) -> None:
-        save_checkpoint(
-            self.out_dir / name,
-            config=self.config,
-            model=trainer.model,
-            optimizer=trainer.optimizer,
-            trainer=trainer.state.as_dict(),
-            threshold=trainer.val_threshold,
-        )
-
     def on_epoch_end(self, trainer: Trainer, val: BinaryMetrics) -> None:
-        # best first: if the process dies between the two writes, last.pt (the resume
-        # point) still describes an epoch whose best.pt is on disk.
-        if trainer.state.best_epoch == trainer.state.epoch:
-            self._save(trainer, BEST_CHECKPOINT)
-        self._save(trainer, LAST_CHECKPOINT)
+        # last.pt first, then best.pt as a link to it: if the process dies (or the disk
+        # fills) in between, last.pt is the resume point and resuming restores best.pt
+        # from it (repair_best_checkpoint).
+        last = self.out_dir / LAST_CHECKPOINT
+        try:
+            save_checkpoint(last, config=self.config, model=trainer.model, optimizer=trainer.optimizer, trainer=trainer.state.as_dict(), threshold=trainer.val_threshold)
+            if trainer.state.best_epoch == trainer.state.epoch:
+                link_checkpoint(last, self.out_dir / BEST_CHECKPOINT)
+        except (OSError, RuntimeError) as error:
+            full = is_disk_full(error) or shutil.disk_usage(self.out_dir).free < 64 * 2**20
+            reason = "the disk is full" if full else str(error).strip().splitlines()[0]
+            raise CheckpointWriteError(f"cannot write the checkpoint of epoch {trainer.state.epoch} into {self.out_dir}: {reason}") from None
 
 
 class TensorBoardLogger(Callback):

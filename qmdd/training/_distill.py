@@ -27,8 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qmdd.checkpoint import load_checkpoint
-from qmdd.config import config_from_dict
+from qmdd.checkpoint import load_checkpoint, stored_config
 from qmdd.detector import load_detector
 from qmdd.quant import QUANTIZER_ATTRIBUTES
 
@@ -98,7 +97,7 @@ def init_state_dict(path: str | Path, arch: str, float_keys: dict[str, torch.Siz
     ``ValueError`` names the differences.
     """
     payload = load_checkpoint(path)
-    source_arch = config_from_dict(payload["config"]).model.arch
+    source_arch = stored_config(payload, path).model.arch
     if source_arch != arch:
         raise ValueError(f"train.init={str(path)!r} holds a {source_arch} model, but this run trains {arch}")
     state = {k: v for k, v in payload["model"].items() if not _is_quantizer_key(k)}

@@ -26,12 +26,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from qmdd.data.folder import ImageSet
+from qmdd.data.folder import ImageLoadError, ImageSet, LoadFailure, collate_skipping_failures
 from qmdd.detector import fake_probability
 from qmdd.metrics import DEFAULT_THRESHOLD, BinaryMetrics, best_threshold_accuracy, binary_metrics
 from qmdd.training._distributed import (
     SINGLE_PROCESS,
     DistContext,
+    all_gather_objects,
     any_rank,
     epoch_torch_seed,
     gather_in_order,
@@ -216,16 +217,18 @@ def _loader_options(device: torch.device, num_workers: int) -> dict[str, Any]:
 
 
 def _eval_loader(dataset: ImageSet, batch_size: int, device: torch.device, num_workers: int, dist: DistContext, persistent: bool = False) -> DataLoader:
-    """Loader over this rank's shard of ``dataset``, in order, yielding indices too."""
+    """Loader over this rank's shard of ``dataset``, in order, yielding
+    ``(images or None, labels, indices, failures)`` (see :func:`collate_skipping_failures`)."""
     indices = shard_indices(len(dataset), dist)
     options = _loader_options(device, num_workers)
     if not persistent:
         options.pop("persistent_workers", None)
-    return DataLoader(_WithIndex(dataset), batch_size=batch_size, sampler=indices, **options)
+    return DataLoader(_WithIndex(dataset), batch_size=batch_size, sampler=indices, collate_fn=collate_skipping_failures, **options)
 
 
 class _WithIndex(Dataset):
-    """``(image, label, index)``: the index puts gathered predictions back in order."""
+    """``(image, label, index)``: the index puts gathered predictions back in order. A
+    :class:`~qmdd.data.TolerantImageSet`'s ``LoadFailure`` passes through."""
 
     def __init__(self, dataset: ImageSet) -> None:
         self.dataset = dataset
@@ -234,8 +237,10 @@ class _WithIndex(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
-        image, label = self.dataset[index]
-        return image, label, index
+        item = self.dataset[index]
+        if isinstance(item, LoadFailure):
+            return item
+        return item[0], item[1], index
 
 
 @torch.no_grad()
@@ -250,28 +255,39 @@ def predict(
     dist: DistContext = SINGLE_PROCESS,
     amp: str = "none",
     loader: DataLoader | None = None,
+    skipped: list[LoadFailure] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and fake probabilities ``sigmoid(logit)`` for every image of ``dataset``.
 
     Under DDP each rank predicts its shard and the shards are gathered, so every rank
     returns the whole set in dataset order and AP is computed over all of it, exactly.
     ``loader`` reuses a loader from an earlier call (one made by this module for the same
-    dataset and rank).
+    dataset and rank). Images a :class:`~qmdd.data.TolerantImageSet` could not read are
+    left out of both arrays and appended to ``skipped`` (those of every rank, in dataset
+    order); without a ``skipped`` list they raise :class:`~qmdd.data.ImageLoadError`.
     """
     was_training = model.training
     model.eval()
     if loader is None:
         loader = _eval_loader(dataset, batch_size, device, num_workers, dist)
-    labels, scores, indices = [], [], []
+    labels, scores, indices, failures = [], [], [], []
     with autocast(device, amp):
-        for images, batch_labels, batch_indices in tqdm(loader, desc=desc or dataset.name, leave=False, disable=None if dist.is_main else True):
+        for images, batch_labels, batch_indices, batch_failures in tqdm(loader, desc=desc or dataset.name, leave=False, disable=None if dist.is_main else True):
+            failures.extend(batch_failures)
+            if images is None:
+                continue
             scores.append(fake_probability(model, images.to(device, non_blocking=True)).cpu().numpy())
             labels.append(batch_labels.numpy())
             indices.append(batch_indices.numpy())
     model.train(was_training)
+    lost = sorted((f for part in all_gather_objects(failures, dist) for f in part), key=lambda f: f.index)
+    if lost and skipped is None:
+        raise ImageLoadError(f"{len(lost)} image(s) of {desc or dataset.name} unreadable, first: {lost[0].error}")
     empty = np.zeros(0)
     local = [np.concatenate(x) if x else empty for x in (indices, labels, scores)]
-    ordered_labels, ordered_scores = gather_in_order(local[0], local[1].astype(np.int64), local[2].astype(np.float32), size=len(dataset), ctx=dist)
+    ordered_labels, ordered_scores = gather_in_order(local[0], local[1].astype(np.int64), local[2].astype(np.float32), size=len(dataset) - len(lost), ctx=dist)
+    if skipped is not None:
+        skipped.extend(lost)
     return ordered_labels, ordered_scores
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,15 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from qmdd.checkpoint import checkpoint_threshold, load_checkpoint
-from qmdd.config import RunConfig, carry_over, config_diff, config_from_dict, save_config
+from qmdd.checkpoint import checkpoint_threshold, link_checkpoint, load_checkpoint, stored_config
+from qmdd.config import RunConfig, carry_over, config_diff, save_config
 from qmdd.cost import cost_summary
-from qmdd.data import TrainingData, build_training_data, resolve_data_root
+from qmdd.data import LoadFailure, TolerantImageSet, TrainingData, build_training_data, resolve_data_root
 from qmdd.detector import build_detector, resolve_model_defaults, validate_config
 from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
 from qmdd.quant import calibrate
-from qmdd.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, default_run_dir
-from qmdd.training._callbacks import Checkpointer, PlateauLRSchedule, TensorBoardLogger
+from qmdd.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, RunFolderBusy, RunFolderLock, default_run_dir, remove_stale_temporaries
+from qmdd.training._callbacks import Checkpointer, CheckpointWriteError, PlateauLRSchedule, TensorBoardLogger
 from qmdd.training._distill import DistillationLoss, init_state_dict, load_teacher
 from qmdd.training._distributed import (
     SINGLE_PROCESS,
@@ -42,7 +43,7 @@ from qmdd.training._distributed import (
     sync_from_rank0,
 )
 from qmdd.training._loop import Callback, LossFn, Trainer, TrainState, bce_loss, predict
-from qmdd.utils import atomic_write_text, seed_everything
+from qmdd.utils import OutputPathError, atomic_write_text, seed_everything, writable_dir
 
 __all__ = ["run", "prepare", "fit", "evaluate", "write_results", "RunSession", "RunError", "resolve_device"]
 
@@ -100,7 +101,11 @@ def _load_resume_point(out_dir: Path, config: RunConfig) -> tuple[dict[str, Any]
     if not last.is_file():
         raise RunError(f"--resume: {out_dir} holds no {LAST_CHECKPOINT} to continue from")
     payload = load_checkpoint(last)
-    saved = resolve_model_defaults(config_from_dict(payload["config"]))
+    saved = resolve_model_defaults(stored_config(payload, last))
+    trainer_state = payload.get("trainer") or {}
+    if trainer_state.get("epoch") and trainer_state.get("best_epoch") == trainer_state.get("epoch"):
+        # Interrupted between last.pt and its best.pt link: last.pt *is* the best epoch.
+        link_checkpoint(last, out_dir / BEST_CHECKPOINT)
     changes = config_diff(saved, config, allow={"free"})
     if changes:
         raise RunError(
@@ -118,10 +123,17 @@ def _calibration_batches(trainer: Trainer, count: int, device: torch.device):
 
 
 def _evaluate_tests(model: torch.nn.Module, data: TrainingData, batch_size: int, device: torch.device, num_workers: int, dist: DistContext = SINGLE_PROCESS, amp: str = "none", threshold: float | None = None) -> dict[str, BinaryMetrics]:
+    """Every test family, scored. An unreadable image is skipped, as ``qmdd.eval`` skips it,
+    and named in a warning: it must not end the run after all the training; the counts
+    (``n_real``, ``n_fake``) are of the images scored."""
     results = {}
     for name, dataset in data.test.items():
+        skipped: list[LoadFailure] = []
         # Predictions of all ranks gathered: the AP of the whole set, not a mean of shards.
-        labels, scores = predict(model, dataset, batch_size, device, num_workers, desc=f"test {name}", dist=dist, amp=amp)
+        labels, scores = predict(model, TolerantImageSet.of(dataset), batch_size, device, num_workers, desc=f"test {name}", dist=dist, amp=amp, skipped=skipped)
+        if skipped and dist.is_main:
+            more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            warnings.warn(f"test set {name}: {len(skipped)} unreadable image(s) skipped: " + "; ".join(f.error for f in skipped[:10]) + more, stacklevel=2)
         results[name] = binary_metrics(labels, scores, calibrated_threshold=threshold)
     return results
 
@@ -199,6 +211,12 @@ class RunSession:
     model: nn.Module
     trainer: Trainer
     writer: SummaryWriter | None
+    lock: RunFolderLock | None = None
+
+    def close(self) -> None:
+        """Release the run folder (safe to call twice)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def prepare(config: RunConfig, *, resume: bool = False, callbacks: tuple[Callback, ...] = (), loss_fn: LossFn = bce_loss) -> RunSession:
@@ -216,13 +234,34 @@ def prepare(config: RunConfig, *, resume: bool = False, callbacks: tuple[Callbac
     # One folder name for all ranks: the default's time stamp could differ between them.
     out_dir = broadcast_object(Path(config.train.out) if config.train.out else default_run_dir(config.model.arch, config.quant.tag), ctx)
     config = replace(config, train=replace(config.train, out=str(out_dir)))
+    # The lock stays on rank 0 (on_main would hand its return value to every rank).
+    locks: list[RunFolderLock] = []
+    on_main(lambda: locks.append(_claim_run_folder(out_dir)), ctx)
+    lock = locks[0] if locks else None
+    try:
+        return _prepare_in(out_dir, config, ctx, device, lock, resume, callbacks, loss_fn)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _claim_run_folder(out_dir: Path) -> RunFolderLock:
+    """Create the run folder, prove it writable and lock it for this run (rank 0)."""
+    try:
+        writable_dir(out_dir, "--out")
+        return RunFolderLock(out_dir).acquire()
+    except (OutputPathError, RunFolderBusy) as error:
+        raise RunError(str(error)) from None
+
+
+def _prepare_in(out_dir: Path, config: RunConfig, ctx: DistContext, device: torch.device, lock: RunFolderLock | None, resume: bool, callbacks: tuple[Callback, ...], loss_fn: LossFn) -> RunSession:
     payload = None
     if resume:
         payload, config = on_main(lambda: _load_resume_point(out_dir, config), ctx)
+        on_main(lambda: remove_stale_temporaries(out_dir), ctx)
     else:
         on_main(lambda: _refuse_existing_run(out_dir), ctx)
-    if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.train.seed)
     on_main(lambda: resolve_data_root(config.data), ctx)  # rank 0 builds the embedded benchmark once
     data = build_training_data(config.data, seed=config.train.seed)
@@ -243,7 +282,7 @@ def prepare(config: RunConfig, *, resume: bool = False, callbacks: tuple[Callbac
         sync_from_rank0(model, ctx)
     if ctx.is_main:
         save_config(config, out_dir / CONFIG_FILE)
-    return RunSession(config, ctx, device, out_dir, data, model, trainer, writer)
+    return RunSession(config, ctx, device, out_dir, data, model, trainer, writer, lock)
 
 
 def _make_trainer(config: RunConfig, model: nn.Module, data: TrainingData, device: torch.device, ctx: DistContext, writer: SummaryWriter | None, loss_fn: LossFn, callbacks: tuple[Callback, ...]) -> Trainer:
@@ -284,13 +323,16 @@ def fit(session: RunSession) -> TrainState:
     to continue."""
     try:
         return session.trainer.fit(session.config.train.epochs)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, CheckpointWriteError) as error:
         if session.writer is not None:
             session.writer.close()
-        raise RunError(
-            f"interrupted after {session.trainer.state.epoch} finished epoch(s); continue with "
-            f"python -m qmdd.train --resume --out {session.out_dir}"
-        ) from None
+        cause = str(error) if isinstance(error, CheckpointWriteError) else f"interrupted after {session.trainer.state.epoch} finished epoch(s)"
+        continue_with = (
+            f"continue with python -m qmdd.train --resume --out {session.out_dir}"
+            if (session.out_dir / LAST_CHECKPOINT).exists()
+            else "no epoch was saved yet, so start it again"
+        )
+        raise RunError(f"{cause}; {continue_with}") from None
 
 
 def evaluate(session: RunSession) -> tuple[dict[str, BinaryMetrics], float]:
@@ -357,6 +399,9 @@ def run(
     per-family test metrics of the best-validation checkpoint (docs/usage.md).
     """
     session = prepare(config, resume=resume, callbacks=callbacks, loss_fn=loss_fn)
-    fit(session)
-    per_set, threshold = evaluate(session)
-    return write_results(session, per_set, threshold)
+    try:
+        fit(session)
+        per_set, threshold = evaluate(session)
+        return write_results(session, per_set, threshold)
+    finally:
+        session.close()
