@@ -12,6 +12,12 @@ and ``fake`` or ``real``, by the decision threshold stored in the file (fitted o
 training run's validation set; ``--threshold`` overrides it). Images go through the run's
 test transform (centre crop at ``data.crop_size``).
 
+An image that cannot be read, decoded or transformed (corrupt, a link that cannot be
+followed, over ``qmdd.data.folder.MAX_IMAGE_PIXELS`` or ``MAX_ASPECT_RATIO``) keeps its
+line, as ``nan\\tunreadable\\t<path>``, with the reason on standard error; the other
+images are still scored. Exit status: 0 when every image was scored, 1 when any was
+unreadable (or the model could not be loaded), 2 for bad arguments.
+
 Engines: ``int8`` (default) converts the low-bit model to PyTorch's x86 int8 backend, with
 the LSQ codes as int8 weights and the LSQ steps as activation scales (see
 docs/deployment.md); ``fake-quant`` runs the float fake-quant model (exact, slower).
@@ -37,41 +43,80 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a QMDD packed model (.qmdd) from python -m qmdd.export")
     parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--engine", choices=("int8", "fake-quant"), default="int8", help="int8 (fast, default) or fake-quant (exact reference)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
     parser.add_argument("--threshold", type=float, help="call an image fake when its probability is above this (default: the threshold stored in the file, fitted on validation)")
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def collect_images(paths: Sequence[str]) -> list[Path]:
-    """Files as given, folders expanded to their images (sorted, recursive)."""
-    from qmdd.data import IMAGE_EXTENSIONS
+    """Files as given, folders expanded to their images (sorted, recursive).
+
+    Links in a folder that cannot be followed (a loop, a missing target) are kept, so they
+    are reported as unreadable rather than silently left out.
+    """
+    from qmdd.data import is_image_entry
 
     found: list[Path] = []
     for item in paths:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+            found.extend(sorted(p for p in path.rglob("*") if is_image_entry(p)))
         else:
             found.append(path)
     return found
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
-        return 2
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        print("error: --threshold must be a probability in [0, 1]", file=sys.stderr)
-        return 2
+def _score_batch(model, transform, paths: Sequence[Path], threshold: float) -> int:
+    """Print one line per path, in order; returns how many were unreadable."""
     import numpy as np
     import torch
 
-    from qmdd.data import DetectorTransform, ImageLoadError, load_rgb
+    from qmdd.data import ImageLoadError, load_transformed
+
+    rng = np.random.default_rng(0)  # the test transform draws nothing; required by the API
+    tensors: dict[int, torch.Tensor] = {}
+    for position, path in enumerate(paths):
+        try:
+            tensors[position] = load_transformed(path, transform, rng)
+        except ImageLoadError as error:  # any error of this image, transform included
+            print(f"error: {error}", file=sys.stderr)
+    probabilities: dict[int, float] = {}
+    if tensors:
+        with torch.inference_mode():
+            scores = torch.sigmoid(model(torch.stack(list(tensors.values()))).reshape(-1))
+        probabilities = dict(zip(tensors, scores.tolist()))
+    for position, path in enumerate(paths):
+        if position in probabilities:
+            probability = probabilities[position]
+            print(f"{probability:.6f}\t{'fake' if probability > threshold else 'real'}\t{path}")
+        else:
+            print(f"nan\tunreadable\t{path}")
+    return len(paths) - len(probabilities)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        print("error: --threshold must be a probability in [0, 1]", file=sys.stderr)
+        return 2
+    import torch
+
+    from qmdd.data import DetectorTransform
     from qmdd.deploy import Int8ConversionError, PackedFormatError, calibration_images, load_packed, to_int8
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         loaded = load_packed(args.model)
@@ -87,23 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no images found in " + ", ".join(args.images), file=sys.stderr)
         return 1
     transform = DetectorTransform(config.data, "test")
-    rng = np.random.default_rng(0)  # the test transform draws nothing; required by the API
     failures = 0
     for start in range(0, len(images), args.batch_size):
-        tensors, paths = [], []
-        for path in images[start : start + args.batch_size]:
-            try:
-                tensors.append(transform(load_rgb(path), rng))
-                paths.append(path)
-            except ImageLoadError as error:
-                print(f"error: {error}", file=sys.stderr)
-                failures += 1
-        if not tensors:
-            continue
-        with torch.inference_mode():
-            probabilities = torch.sigmoid(model(torch.stack(tensors)).reshape(-1))
-        for path, probability in zip(paths, probabilities.tolist()):
-            print(f"{probability:.6f}\t{'fake' if probability > threshold else 'real'}\t{path}")
+        failures += _score_batch(model, transform, images[start : start + args.batch_size], threshold)
+    if failures:
+        print(f"error: {failures} of {len(images)} image(s) unreadable (their lines say 'unreadable')", file=sys.stderr)
     return 1 if failures else 0
 
 

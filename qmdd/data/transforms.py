@@ -9,6 +9,10 @@ Order (CNNDetection, Wang et al. CVPR 2020): optional resize of the shorter side
 with probability ``blur_prob`` (sigma ~ U[blur_sigma]); JPEG re-compression with
 probability ``jpeg_prob`` (quality ~ U[jpeg_quality]); crop (random in training, centred
 otherwise); horizontal flip in training; ImageNet normalisation.
+
+Every resize is checked before it allocates: a result over
+:data:`qmdd.data.folder.MAX_IMAGE_PIXELS` raises :class:`qmdd.data.ImageSizeError`, which
+evaluation and ``qmdd.predict`` report as an unreadable image and skip.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from qmdd.config import DataConfig
+from qmdd.data.folder import check_image_size
 
 __all__ = ["DetectorTransform", "gaussian_blur", "jpeg_compress", "aligned_offset", "centred_offset", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -47,11 +52,16 @@ def jpeg_compress(image: Image.Image, quality: int) -> Image.Image:
 
 
 def _resize_shorter(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size``; raises :class:`qmdd.data.ImageSizeError`, before allocating
+    anything, when the result would be over ``MAX_IMAGE_PIXELS`` (or thinner than
+    ``MAX_ASPECT_RATIO``): upscaling a 1 x 60000 strip to a 224 crop would take 9 GB."""
     width, height = image.size
     scale = size / min(width, height)
     if scale == 1:
         return image
-    return image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BILINEAR)
+    target = (max(size, round(width * scale)), max(size, round(height * scale)))
+    check_image_size(*target, what=f"resizing {width}x{height} to a shorter side of {size}: the result")
+    return image.resize(target, Image.BILINEAR)
 
 
 class DetectorTransform:

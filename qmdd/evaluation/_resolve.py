@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qmdd.data import FAKE_DIR, IMAGE_EXTENSIONS, REAL_DIR, find_labelled_images
+from qmdd.data import FAKE_DIR, REAL_DIR, find_labelled_images
 from qmdd.evaluation._suites import Protocol, SetSpec, Suite
 
 __all__ = ["ResolvedSet", "ResolvedSuite", "resolve_suite", "find_child"]
@@ -71,10 +71,6 @@ def find_child(parent: Path, name: str) -> Path | None:
     return current
 
 
-def _has_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*") if p.is_file())
-
-
 def _cap(samples: list[tuple[Path, int]], limit: int | None, seed: int) -> list[tuple[Path, int]]:
     """At most ``limit`` samples, drawn by a seeded permutation of the sorted list."""
     if limit is None or len(samples) <= limit:
@@ -111,9 +107,11 @@ def _resolve_set(spec: SetSpec, data_dir: Path, protocol: Protocol) -> ResolvedS
 
 
 def _discover(data_dir: Path) -> list[SetSpec]:
+    """Every sub-folder but hidden ones: a folder without images is a set reported
+    ``empty``, never silently left out of the table."""
     if not data_dir.is_dir():
         return []
-    return [SetSpec(p.name) for p in sorted(data_dir.iterdir()) if p.is_dir() and _has_images(p)]
+    return [SetSpec(p.name) for p in sorted(data_dir.iterdir()) if p.is_dir() and not p.name.startswith(".")]
 
 
 def resolve_suite(suite: Suite, root: str | Path) -> ResolvedSuite:
@@ -133,5 +131,5 @@ def resolve_suite(suite: Suite, root: str | Path) -> ResolvedSuite:
             break
     specs = _discover(data_dir) if suite.discover else list(suite.sets)
     if suite.discover and not specs:
-        return ResolvedSuite(suite, root, data_dir, [ResolvedSet("(none)", MISSING, f"no set folders with images in {data_dir}")])
+        return ResolvedSuite(suite, root, data_dir, [ResolvedSet("(none)", MISSING, f"no set folders in {data_dir}")])
     return ResolvedSuite(suite, root, data_dir, [_resolve_set(spec, data_dir, suite.protocol) for spec in specs])

@@ -163,7 +163,8 @@ def test_predict_cli_prints_one_probability_per_image(tmp_path, capsys):
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
     assert predict_main(["--model", str(tmp_path / "m.qmdd"), str(images[0]), str(tmp_path / "broken.jpg")]) == 1
     captured = capsys.readouterr()
-    assert "broken.jpg" in captured.err and len(captured.out.strip().splitlines()) == 1
+    assert "broken.jpg" in captured.err and len(captured.out.strip().splitlines()) == 2
+    assert captured.out.strip().splitlines()[1] == f"nan\tunreadable\t{tmp_path / 'broken.jpg'}"
     probability = float(captured.out.split("\t")[0])
     assert 0.0 <= probability <= 1.0
     assert predict_main(["--model", str(tmp_path / "missing.qmdd"), str(images[0])]) == 1
