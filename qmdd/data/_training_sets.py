@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,5 +70,7 @@ def build_training_data(config: DataConfig, seed: int, progress: bool | None = N
             samples = find_labelled_images(family_dir)
             if samples:
                 test[family_dir.name] = ImageSet(samples, DetectorTransform(config, "test"), seed, family_dir.name)
+            elif not family_dir.name.startswith("."):
+                print(f"warning: {family_dir} holds no images; it is left out of the test pass", file=sys.stderr)
     seen = config.seen_family or info.seen_family
     return TrainingData(root=root, train=train, val=val, test=test, seen_family=seen, benchmark=info.name)

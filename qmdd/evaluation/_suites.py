@@ -117,7 +117,8 @@ class Suite:
         name: registry key; also the report file stem and the TensorBoard tag prefix.
         description: one line for ``--list-suites`` and the report.
         sets: the sets, in table order. Empty with ``discover=True``: every sub-folder of
-            the data folder holding images is a set (the embedded benchmark).
+            the data folder (hidden ones aside) is a set, one without images reported
+            ``empty`` (the embedded benchmark).
         protocol: see :class:`Protocol`.
         search: sub-folders of ``--data-root`` that may hold the sets, tried in order; the
             first that contains any expected set wins ("" is the root itself). Lets one

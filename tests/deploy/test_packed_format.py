@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import struct
+import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -125,13 +127,17 @@ def _split(blob: bytes) -> tuple[dict, bytes]:
     return json.loads(blob[start : start + header_length]), blob[start + header_length :]
 
 
-def _forge(path: Path, header: dict, data: bytes, *, fix_data_crc: bool = True) -> Path:
+def _forge_raw(path: Path, raw: bytes, data: bytes = b"", version: int = FORMAT_VERSION) -> Path:
+    """A prefix with a valid header checksum around any header bytes, even ones json.dumps cannot write."""
+    path.write_bytes(MAGIC + struct.pack("<HII", version, len(raw), zlib.crc32(raw)) + raw + data)
+    return path
+
+
+def _forge(path: Path, header: dict, data: bytes, *, fix_data_crc: bool = True, version: int = FORMAT_VERSION) -> Path:
     """What an attacker can write: any header, with checksums that match."""
     if fix_data_crc:
         header = {**header, "data_crc32": zlib.crc32(data)}
-    raw = json.dumps(header).encode()
-    path.write_bytes(MAGIC + struct.pack("<HII", FORMAT_VERSION, len(raw), zlib.crc32(raw)) + raw + data)
-    return path
+    return _forge_raw(path, json.dumps(header).encode(), data, version)
 
 
 @pytest.mark.parametrize("keep", [0, 5, len(MAGIC) + 3, 200, -1])
@@ -168,8 +174,9 @@ def test_oversized_header_length_is_rejected(exported, tmp_path):
     (tmp_path / "big").write_bytes(bytes(blob))
     with pytest.raises(PackedFormatError, match="header length .* exceeds"):
         read_packed(tmp_path / "big")
-    struct.pack_into("<I", blob, len(MAGIC) + 2, 2**23)
-    (tmp_path / "big").write_bytes(bytes(blob))
+    # Within the header limit (1 MiB) but past the end of the file.
+    struct.pack_into("<I", blob, len(MAGIC) + 2, 2**20)
+    (tmp_path / "big").write_bytes(bytes(blob[: 2**19]))
     with pytest.raises(PackedFormatError, match="truncated"):
         read_packed(tmp_path / "big")
 
@@ -283,3 +290,181 @@ def test_a_registered_toy_family_exports_its_own_codes(tmp_path):
         assert torch.allclose(_outputs(loaded), _outputs(model), atol=1e-5)
     finally:
         _registry._FAMILIES.pop("toyhalf")
+
+
+# ------------------------------------------- forged files with valid checksums (bounded work)
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory) -> Path:
+    """A calibrated W2A2 MesoNet (4 low-bit layers), written by save_packed: a small base to forge from."""
+    model, config = _calibrated_detector("mesonet")
+    path = tmp_path_factory.mktemp("small") / "mesonet.qmdd"
+    save_packed(path, model, config)
+    return path
+
+
+def _forge_with_zeros(path: Path, header: dict, data: bytes, zeros: int, version: int) -> Path:
+    """Like _forge, with ``zeros`` zero bytes after ``data``, written in 1 MiB pieces so the
+    test itself stays small in memory."""
+    chunk = bytes(2**20)
+    crc = zlib.crc32(data)
+    for start in range(0, zeros, len(chunk)):
+        crc = zlib.crc32(chunk[: min(len(chunk), zeros - start)], crc)
+    raw = json.dumps({**header, "data_bytes": len(data) + zeros, "data_crc32": crc}).encode()
+    with open(path, "wb") as handle:
+        handle.write(MAGIC + struct.pack("<HII", version, len(raw), zlib.crc32(raw)) + raw + data)
+        for start in range(0, zeros, len(chunk)):
+            handle.write(chunk[: min(len(chunk), zeros - start)])
+    return path
+
+
+def _drop_tensor(header: dict, data: bytes, name: str) -> bytes:
+    """Remove tensor ``name``'s entry and payload from a parsed file (later offsets shift down),
+    so a forged replacement can go at the end without leaving unaccounted bytes."""
+    entry = next(e for e in header["tensors"] if e["name"] == name)
+    header["tensors"].remove(entry)
+    for other in header["tensors"]:
+        if other["offset"] > entry["offset"]:
+            other["offset"] -= entry["length"]
+    return data[: entry["offset"]] + data[entry["offset"] + entry["length"] :]
+
+
+def _zero_size_code_entry(index: int, version: int) -> dict:
+    if version == 1:
+        return {"name": f"w{index}", "encoding": "lsq_codes", "bits": 2, "step": "features.1.0.weight_quantizer.step", "shape": [0], "offset": 0, "length": 0}
+    return {"name": f"w{index}", "encoding": "codes", "bits": 2, "zero_point": 2, "channels": 0, "shape": [0], "offset": 0, "length": 0}
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_many_zero_size_code_entries_are_rejected_quickly(small_file, tmp_path, version):
+    """99,900 zero-size code entries once took over 100 s (a linear step search per entry)."""
+    base = DATA / "mesonet_w2_format_v1.qmdd" if version == 1 else small_file
+    header, data = _split(base.read_bytes())
+    # 99,900 entries: a 10 MB header, over the 1 MiB limit; 5,000: within it, over the entry bound.
+    for count, message in [(99_900, "header length .* exceeds"), (5_000, "lists 50\\d\\d tensors, more than the \\d+ a mesonet model")]:
+        forged = {**header, "tensors": header["tensors"] + [_zero_size_code_entry(i, version) for i in range(count)]}
+        path = _forge(tmp_path / f"many{count}.qmdd", forged, data, version=version)
+        assert (path.stat().st_size - len(data) < 2**20) == (count == 5_000)
+        started = time.perf_counter()
+        with pytest.raises(PackedFormatError, match=message):
+            read_packed(path)
+        assert time.perf_counter() - started < 5
+
+
+def test_deeply_nested_header_is_rejected(small_file, tmp_path):
+    start = b'{"format": "qmdd-packed-model", "config": '
+    for depth in (100_000, 17):
+        raw = start + b"[" * depth + b"]" * depth + b"}"
+        with pytest.raises(PackedFormatError, match=f"nests {depth + 1} levels deep, more than the limit of 16"):
+            read_packed(_forge_raw(tmp_path / "deep.qmdd", raw))
+    # Brackets and escaped quotes inside strings are not nesting: a real file with them loads.
+    header, data = _split(small_file.read_bytes())
+    header["qmdd_version"] = '\\"[' * 1_000
+    _, state, read_header = read_packed(_forge(tmp_path / "strings.qmdd", header, data))
+    assert read_header["qmdd_version"] == header["qmdd_version"] and state
+
+
+@pytest.mark.parametrize(
+    "key, digits, message",
+    [
+        ("data_bytes", "9" * 5_000, "number with 5000 digits in a row, more than the limit of 24"),
+        ("threshold", "-" + "1" * 25, "number with 25 digits in a row"),
+        ("data_bytes", "9" * 20, "data_bytes must be an integer in \\[0, 9223372036854775808\\]"),
+    ],
+)
+def test_huge_integers_in_the_header_are_rejected(small_file, tmp_path, key, digits, message):
+    header, data = _split(small_file.read_bytes())
+    raw = json.dumps({**header, key: "HUGE", "data_crc32": zlib.crc32(data)}).encode().replace(b'"HUGE"', digits.encode())
+    with pytest.raises(PackedFormatError, match=message):
+        read_packed(_forge_raw(tmp_path / "huge.qmdd", raw, data))
+
+
+def test_huge_integer_shapes_are_bounded(small_file, tmp_path):
+    header, data = _split(small_file.read_bytes())
+    _first(header, "codes")["shape"][0] = 10**19
+    with pytest.raises(PackedFormatError, match="shape\\[0\\] must be an integer in \\[0, 2147483648\\]"):
+        read_packed(_forge(tmp_path / "shape.qmdd", header, data))
+
+
+@pytest.mark.parametrize(
+    "version, name, forged",
+    [
+        (2, "features.1.0.weight_mask", {"encoding": "bitmask"}),
+        (2, "not.in.the.model", {"encoding": "bitmask"}),
+        (2, "features.1.0.weight", {"encoding": "codes_sparse", "bits": 2, "zero_point": 2, "channels": 1, "nonzero": 0}),
+        (1, "features.1.0.weight", {"encoding": "lsq_codes_sparse", "bits": 2, "nonzero": 0, "step": "features.1.0.weight_quantizer.step"}),
+    ],
+)
+def test_huge_tensors_are_rejected_before_decoding(small_file, tmp_path, version, name, forged):
+    """One entry claiming 2^28 elements in a 32 MB file once made the reader allocate 2-3.4 GB."""
+    base = DATA / "mesonet_w2_format_v1.qmdd" if version == 1 else small_file
+    header, data = _split(base.read_bytes())
+    if any(e["name"] == name for e in header["tensors"]):
+        data = _drop_tensor(header, data, name)
+    shape = [2**28] if forged["encoding"] == "bitmask" else [1, 2**28]
+    length = 2**25 + 4 * forged.get("channels", 0)  # a bitmap of 2^28 bits, plus scales
+    header["tensors"].append({**forged, "name": name, "shape": shape, "offset": len(data), "length": length})
+    path = _forge_with_zeros(tmp_path / "huge.qmdd", header, data, length, version)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PackedFormatError, match="tensors do not match the mesonet architecture"):
+            read_packed(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        path.unlink()
+    assert peak < 16 * 2**20  # the 32 MB data section is never even read
+
+
+def test_code_bits_must_match_the_config(small_file, tmp_path):
+    # An 8-bit model's codes under a header config that says 2 bits.
+    model, config = _calibrated_detector("mesonet", "quant.bits=8")
+    save_packed(tmp_path / "w8.qmdd", model, config)
+    header, data = _split((tmp_path / "w8.qmdd").read_bytes())
+    header["config"]["quant"]["bits"] = 2
+    with pytest.raises(PackedFormatError, match="holds 8-bit codes, but the header config quantizes its layer to 2 bits"):
+        read_packed(_forge(tmp_path / "w8as2.qmdd", header, data))
+    # A 2-bit model with one layer's codes forged as 3-bit values up to 7.
+    header, data = _split(small_file.read_bytes())
+    data = _drop_tensor(header, data, "classifier.2.weight")
+    payload = pack_codes(np.full(16 * 256, 7, dtype=np.uint8), 3) + np.ones(16, dtype="<f4").tobytes()
+    entry = {"name": "classifier.2.weight", "encoding": "codes", "bits": 3, "zero_point": 2, "channels": 16, "shape": [16, 256]}
+    header["tensors"].append({**entry, "offset": len(data), "length": len(payload)})
+    with pytest.raises(PackedFormatError, match="holds 3-bit codes, but the header config quantizes its layer to 2 bits"):
+        read_packed(_forge(tmp_path / "w3.qmdd", {**header, "data_bytes": len(data) + len(payload)}, data + payload))
+    # A version-1 file whose config claims 3 bits for its 2-bit codes.
+    header, data = _split((DATA / "mesonet_w2_format_v1.qmdd").read_bytes())
+    header["config"]["quant"]["bits"] = 3
+    with pytest.raises(PackedFormatError, match="holds 2-bit codes, but the header config quantizes its layer to 3 bits"):
+        read_packed(_forge(tmp_path / "v1as3.qmdd", header, data, version=1))
+
+
+def test_each_version_has_its_own_code_encodings(small_file, tmp_path):
+    header, data = _split((DATA / "mesonet_w2_format_v1.qmdd").read_bytes())
+    with pytest.raises(PackedFormatError, match="cannot be stored as lsq_codes"):
+        read_packed(_forge(tmp_path / "v1as2.qmdd", header, data, version=2))
+    header, data = _split(small_file.read_bytes())
+    with pytest.raises(PackedFormatError, match="cannot be stored as codes"):
+        read_packed(_forge(tmp_path / "v2as1.qmdd", header, data, version=1))
+
+
+def test_bytes_outside_every_tensor_are_rejected(small_file, tmp_path):
+    header, data = _split(small_file.read_bytes())
+    with pytest.raises(PackedFormatError, match="data bytes \\d+ to \\d+ belong to no tensor"):
+        read_packed(_forge(tmp_path / "tail.qmdd", {**header, "data_bytes": len(data) + 8}, data + bytes(8)))
+    header["tensors"][0]["offset"] += 4
+    with pytest.raises(PackedFormatError, match="data bytes 0 to 4 before tensor .* belong to no tensor"):
+        read_packed(_forge(tmp_path / "gap.qmdd", {**header, "data_bytes": len(data) + 4}, bytes(4) + data))
+
+
+def test_missing_and_half_pruned_tensors_are_rejected(small_file, tmp_path):
+    header, data = _split(small_file.read_bytes())
+    data = _drop_tensor(header, data, "features.1.0.bias")
+    with pytest.raises(PackedFormatError, match="mesonet architecture: 'features.1.0.bias' is missing"):
+        read_packed(_forge(tmp_path / "missing.qmdd", {**header, "data_bytes": len(data)}, data))
+    header, data = _split(small_file.read_bytes())
+    mask = np.packbits(np.ones(16 * 256, dtype=bool), bitorder="little").tobytes()
+    header["tensors"].append({"name": "classifier.2.weight_mask", "encoding": "bitmask", "shape": [16, 256], "offset": len(data), "length": len(mask)})
+    with pytest.raises(PackedFormatError, match="must be stored either as itself or as classifier.2.weight_orig plus"):
+        read_packed(_forge(tmp_path / "half.qmdd", {**header, "data_bytes": len(data) + len(mask)}, data + mask))
