@@ -23,6 +23,12 @@ of those per-round ratios (and the median seconds per step).
     python benchmarks/qat_overhead.py --profile qmdd-w2a2 --archs resnet18   # op table
     python benchmarks/qat_overhead.py --quantizers lsq,n2uq,slr --refs none
     python benchmarks/qat_overhead.py --archs resnet18 --bits 2 --refs none --amp bf16
+    python benchmarks/qat_overhead.py --archs resnet18,trunc_resnet18 --bits 2 \
+        --quantizers lsq,n2uq,slr --refs none --threads 1 --cpu-time   # on a busy machine
+
+``--cpu-time`` (with ``--threads 1``) times each step by the CPU time of the benchmark's
+thread instead of the wall clock: on a machine shared with other jobs, the time spent
+preempted is left out (cache and memory-bandwidth contention still count).
 """
 
 from __future__ import annotations
@@ -209,7 +215,9 @@ def build_variants(args: argparse.Namespace, arch: str, images: torch.Tensor, la
     return variants
 
 
-def interleaved_step_times(variants: list[Variant], rounds: int, steps: int, warmup: int) -> dict[str, dict[str, float]]:
+def interleaved_step_times(
+    variants: list[Variant], rounds: int, steps: int, warmup: int, clock: Callable[[], float] = time.perf_counter
+) -> dict[str, dict[str, float]]:
     """Median seconds per step and median per-round ratio to ``variants[0]`` (FP32)."""
     for variant in variants:
         for _ in range(warmup):
@@ -218,10 +226,10 @@ def interleaved_step_times(variants: list[Variant], rounds: int, steps: int, war
     for round_index in range(rounds):
         shift = round_index % len(variants)
         for variant in variants[shift:] + variants[:shift]:  # rotate: no fixed position
-            start = time.perf_counter()
+            start = clock()
             for _ in range(steps):
                 variant.step()
-            seconds[variant.name].append((time.perf_counter() - start) / steps)
+            seconds[variant.name].append((clock() - start) / steps)
     reference = seconds[variants[0].name]
     return {
         name: {
@@ -263,6 +271,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--cpu-time", action="store_true", help="time steps by this thread's CPU time (needs --threads 1)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the FP32 and qmdd models")
     parser.add_argument("--amp", default="none", help="also time FP32 and qmdd variants under this autocast (bf16), as train.amp")
     parser.add_argument("--profile", metavar="VARIANT", help="print a torch.profiler op table of this variant's step and exit")
@@ -273,6 +282,9 @@ def main() -> int:
     args.refs = [r for r in args.refs.split(",") if r and r != "none"]
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_time and torch.get_num_threads() != 1:
+        parser.error("--cpu-time counts the calling thread only: use it with --threads 1")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
 
     results: dict[str, dict] = {}
     for arch in args.archs.split(","):
@@ -283,8 +295,9 @@ def main() -> int:
         if args.profile:
             profile_step(next(v for v in variants if v.name == args.profile), rows=30)
             continue
-        results[arch] = interleaved_step_times(variants, args.rounds, args.steps, args.warmup)
-        print(f"\n{arch}, batch {args.batch}, {args.size} px, {torch.get_num_threads()} threads")
+        results[arch] = interleaved_step_times(variants, args.rounds, args.steps, args.warmup, clock)
+        timing = "CPU time" if args.cpu_time else "wall clock"
+        print(f"\n{arch}, batch {args.batch}, {args.size} px, {torch.get_num_threads()} threads, {timing}")
         print(f"{'variant':<24}{'s/step':>9}{'x FP32':>9}   (quartiles)")
         for name, row in results[arch].items():
             print(f"{name:<24}{row['step_s']:>9.4f}{row['ratio']:>9.3f}   {row['ratio_q1_q3']}")
@@ -294,6 +307,7 @@ def main() -> int:
             "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(),
+            "clock": "thread CPU time" if args.cpu_time else "wall",
             "batch": args.batch,
             "size": args.size,
             "rounds": args.rounds,

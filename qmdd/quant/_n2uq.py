@@ -38,6 +38,12 @@ Source: Z. Liu, K.-T. Cheng, D. Huang, E. Xing, Z. Shen, "Nonuniform-to-Uniform
 Quantization: Towards Accurate Quantization via Generalized Straight-Through Estimation",
 CVPR 2022. qmdd's choices where the paper is silent (initialisation, parametrisation,
 signed inputs, the threshold learning rate) are listed in ``docs/method.md``.
+
+Implementation: each quantizer is one autograd node whose forward and backward run a few
+whole-tensor operators (``_N2UQFakeQuant``, ``_N2UQWeightFakeQuant``; their docstrings give
+the rewriting). The textbook compositions they replace are kept as
+:func:`n2uq_fake_quant_reference` and :func:`n2uq_weight_fake_quant_reference`, the
+definitions ``tests/quant/test_fused_n2uq_slr.py`` checks them against (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,15 @@ from torch.nn import functional as F
 from qmdd.quant._base import ActivationQuantizer, Quantizer
 from qmdd.quant._base import signed_range
 
-__all__ = ["N2UQActivationQuantizer", "N2UQWeightQuantizer", "n2uq_fake_quant", "n2uq_thresholds"]
+__all__ = [
+    "N2UQActivationQuantizer",
+    "N2UQWeightQuantizer",
+    "n2uq_fake_quant",
+    "n2uq_fake_quant_reference",
+    "n2uq_thresholds",
+    "n2uq_weight_fake_quant",
+    "n2uq_weight_fake_quant_reference",
+]
 
 # Smallest interval width, relative to the calibrated reference step: keeps every width
 # strictly positive (so thresholds stay ordered) and the GSTE slope Delta / a bounded
@@ -59,12 +73,22 @@ __all__ = ["N2UQActivationQuantizer", "N2UQWeightQuantizer", "n2uq_fake_quant", 
 _MIN_RELATIVE_WIDTH = 1e-3
 
 
+#: Most thresholds n the fused activation form takes (4 bits): its masks hold n + 1 floats
+#: per element. Wider grids (8 bits, e.g. a first layer at ``quant.first_layer_bits=8``)
+#: run the reference form, whose memory does not grow with n.
+_FUSED_MAX_LEVELS = 15
+
+
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class _N2UQFakeQuant(torch.autograd.Function):
-    """Threshold quantization with the GSTE backward, in one autograd node.
+class _N2UQReference(torch.autograd.Function):
+    """Threshold quantization with the GSTE backward: the textbook composition.
+
+    The definition the fused :class:`_N2UQFakeQuant` is tested against (and the only form
+    with the surrogate): a search for the code, gathers of the interval's threshold and
+    width, and scatter-adds per interval for the width gradients.
 
     Inputs: ``x``; ``start`` (0-dim, T_1); ``widths`` (n-1 positive widths); ``scale``
     (0-dim output scale s); ``qmin``; ``grad_scale`` (0-dim, multiplies the parameter
@@ -126,6 +150,113 @@ class _N2UQFakeQuant(torch.autograd.Function):
         return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None
 
 
+class _N2UQFakeQuant(torch.autograd.Function):
+    """N2UQ's staircase and GSTE backward in a few whole-tensor operators.
+
+    The reference (:class:`_N2UQReference`) searches each element's interval, gathers its
+    threshold and width, and scatter-adds per interval: per-element searches, gathers and
+    serial scatters, the slowest operators a CPU has. Here, with the n + 1 bounds
+    B = (T_1, ..., T_n, end):
+
+        forward:  above[k] = [x >= B_k], one comparison written as 0/1 floats (n + 1 rows);
+                  code = #{k < n : x >= T_k}   (searchsorted(thresholds, x, right=True));
+                  out = (scale * delta) * (code + qmin), the reference's product;
+                  when training, each element's GSTE slope Delta / a_(code-1), 0 outside
+                  [T_1, end): a chain of lerp(slope, Delta / a_k, above[k]) up the rows,
+                  exact because a lerp with weight 1 (0) returns its end (start) bit for
+                  bit: a lookup without a search or a gather;
+        backward: grad_x = grad * slope (the reference's product);
+                  grad_start = -sum grad_x and grad_scale = delta * sum grad * (code +
+                  qmin): one (2, N) matrix-vector product over the saved rows;
+                  grad_width_j = -sum grad_x * r_j(x), with the ramp r_j(x) =
+                  clip((x - T_j) / a_j, 0, 1): 1 above the interval (every later threshold
+                  moves with a_j), its fraction inside it (the interval stretches), 0 below;
+                  the last width also stretches the extra interval above T_n (see
+                  :func:`_ramp_parameters` for the one place the ramp and the reference's
+                  intervals can part: a band of an ulp or two above each threshold).
+
+    Kept for the backward: the slope and the code (two floats per element) and ``x``
+    (alive anyway: the layer's input); the forward's masks are freed on return. The
+    ramps make the width gradients one (n, N) product instead of two serial scatters.
+    """
+
+    @staticmethod
+    def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool = True):  # type: ignore[override]
+        levels = widths.numel() + 1  # n
+        thresholds = n2uq_thresholds(start, widths)
+        end = thresholds[-1] + widths[-1]
+        bounds = torch.cat([thresholds, end.reshape(1)])
+        flat = x.reshape(1, -1)
+        above = torch.empty((levels + 1, flat.shape[1]), dtype=x.dtype, device=x.device)
+        torch.ge(flat, bounds.unsqueeze(1), out=above)  # above[k] = [x >= B_k]
+        step = scale * (2.0 / levels)
+        if not train:
+            level = above[:levels].sum(0)  # the code: small integers, exact in any order
+            if qmin:
+                level.add_(qmin)
+            return (level * step).view(x.shape)
+        # The code and the slope Delta / a of each element's interval, as the two rows of
+        # one (2, N) tensor (the backward reduces both with one matrix-vector product).
+        rows = torch.empty((2, flat.shape[1]), dtype=x.dtype, device=x.device)
+        slope, level = rows
+        torch.sum(above[:levels], 0, out=level)
+        if qmin:
+            level.add_(qmin)
+        interval_widths = torch.cat([widths, widths[-1:]])
+        slopes = (step / interval_widths).to(x.dtype)  # Delta / a, as the reference divides
+        # slope = slopes[code - 1] inside [T_1, end), 0 outside: walking up the bounds,
+        # lerp(slope, value, [x >= B_k]) is exactly ``value`` at weight 1 and ``slope``
+        # at weight 0, so each row overwrites the slope of the elements at or above it.
+        torch.mul(above[0], slopes[0], out=slope)
+        for k in range(1, levels):
+            slope.lerp_(slopes[k], above[k])
+        slope.lerp_(slopes.new_zeros(()), above[levels])
+        del above
+        out = level * step
+        ctx.save_for_backward(x, rows, thresholds, interval_widths, grad_scale)
+        ctx.levels = levels
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        x, rows, thresholds, interval_widths, grad_scale = ctx.saved_tensors
+        grad = grad_output.reshape(-1)
+        grad_x = grad * rows[0]
+        grad_start = grad_widths = grad_scale_param = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            # sum grad * slope = sum grad_x, and sum grad * (code + qmin), in one product.
+            sums = torch.mv(rows, grad) * grad_scale
+            grad_start = -sums[0]
+            grad_scale_param = sums[1] * (2.0 / ctx.levels)
+        if ctx.needs_input_grad[2]:
+            origins, spans = _ramp_parameters(thresholds.to(x.dtype), interval_widths.to(x.dtype))
+            ramps = x.reshape(1, -1) - origins.unsqueeze(1)
+            ramps.div_(spans.unsqueeze(1)).clamp_(0, 1)
+            per_ramp = torch.mv(ramps, grad_x)
+            width_grad = -per_ramp[:-1]
+            width_grad[-1] -= per_ramp[-1]  # the extra interval above T_n reuses the last width
+            grad_widths = width_grad * grad_scale
+        grad_x = grad_x.view(x.shape) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None
+
+
+def _ramp_parameters(thresholds: torch.Tensor, interval_widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Origin and span of each width's ramp r_j(x) = clip((x - origin_j) / span_j, 0, 1).
+
+    The ramp is T_j and a_j: inside the interval [T_j, T_(j+1)) it is the reference's
+    fraction (x - T_j) / a_j bit for bit, below it 0, and from T_j + a_j on 1, where the
+    reference counts "after the interval" from T_(j+1) = fl(start + sum a). The two agree
+    but for x in [T_(j+1), T_j + a_j), a band as wide as the rounding of that sum (an ulp
+    or two of T), where the ramp is within that rounding of 1 -- except when the rounding
+    swallows a whole width and T_(j+1) == T_j: the interval is empty, and its ramp must be
+    the step [x >= T_j], written as a ramp from T_j's float predecessor over one ulp.
+    """
+    empty = torch.zeros_like(thresholds, dtype=torch.bool)
+    empty[:-1] = thresholds[1:] == thresholds[:-1]
+    before = torch.nextafter(thresholds, torch.full_like(thresholds, -math.inf))
+    return torch.where(empty, before, thresholds), torch.where(empty, thresholds - before, interval_widths)
+
+
 def n2uq_thresholds(start: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """The n thresholds T_1 = start, T_(k+1) = T_k + a_k (increasing when widths > 0)."""
     return torch.cat([start.reshape(1), start + widths.cumsum(0)])
@@ -142,9 +273,28 @@ def n2uq_fake_quant(
 ) -> torch.Tensor:
     """N2UQ activation quantization (module docstring) with its GSTE backward.
 
-    ``widths`` must be positive (the quantizer's parametrisation guarantees it).
+    ``widths`` must be positive (the quantizer's parametrisation guarantees it). The
+    staircase runs as the fused :class:`_N2UQFakeQuant` up to 4 bits; 8-bit grids (255
+    thresholds: its masks would take 256 floats per element) and ``surrogate=True``
+    (finite-difference checks only) run :func:`n2uq_fake_quant_reference`.
     """
-    return _N2UQFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, surrogate)
+    if surrogate or widths.numel() + 1 > _FUSED_MAX_LEVELS:
+        return n2uq_fake_quant_reference(x, start, widths, scale, qmin, grad_scale, surrogate)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, start, widths, scale))
+    return _N2UQFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train)
+
+
+def n2uq_fake_quant_reference(
+    x: torch.Tensor,
+    start: torch.Tensor,
+    widths: torch.Tensor,
+    scale: torch.Tensor,
+    qmin: int,
+    grad_scale: torch.Tensor,
+    surrogate: bool = False,
+) -> torch.Tensor:
+    """The textbook form of :func:`n2uq_fake_quant` (same maths, separate ops): the reference."""
+    return _N2UQReference.apply(x, start, widths, scale, qmin, grad_scale, surrogate)
 
 
 class N2UQActivationQuantizer(ActivationQuantizer):
@@ -219,8 +369,11 @@ class N2UQActivationQuantizer(ActivationQuantizer):
         return f"{super().extra_repr()}, {grid}, threshold_lr_scale={self._lr_scale}"
 
 
-class _N2UQWeightFakeQuant(torch.autograd.Function):
-    """Per-channel mean-|W| scaling, clip to [-1, 1], round to 2^b levels; clipped STE."""
+class _N2UQWeightReference(torch.autograd.Function):
+    """Per-channel mean-|W| scaling, clip to [-1, 1], round to 2^b levels; clipped STE.
+
+    The textbook composition, kept as the reference of :class:`_N2UQWeightFakeQuant`.
+    """
 
     @staticmethod
     def forward(ctx, weight, bits: int):  # type: ignore[override]
@@ -238,6 +391,51 @@ class _N2UQWeightFakeQuant(torch.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         (inside,) = ctx.saved_tensors
         return grad_output * inside, None
+
+
+class _N2UQWeightFakeQuant(torch.autograd.Function):
+    """:class:`_N2UQWeightReference` with the same operations, fewer passes over memory.
+
+    Every rounding step of the reference is kept (``(c + 1) * (n / 2)``, its rounding, then
+    ``code * (2 / n) - 1`` and the scale: reassociating them would move weights that sit
+    on a rounding tie, e.g. w = 0, to another level), but the chain runs in place on the
+    clipped copy; the inside-the-clip mask is ``clip(v) == v`` (the same set as
+    ``|v| <= 1``), written as 0/1 floats so the backward is one plain product: a product
+    with a bool tensor converts it first, and ``where`` is slower still on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, bits: int, train: bool = True):  # type: ignore[override]
+        levels = 2**bits - 1
+        gamma = levels / 2 ** (bits - 1)
+        magnitude = weight.abs()
+        flat = magnitude.view(weight.shape[0], -1)
+        scale = (gamma * flat.mean(dim=1)).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
+        normalised = torch.div(weight, scale, out=magnitude)  # one buffer for |w|, v, mask
+        if train:
+            out = normalised.clamp(-1, 1)
+            ctx.save_for_backward(torch.eq(out, normalised, out=normalised))
+            del normalised, magnitude
+        else:
+            out = normalised.clamp_(-1, 1)
+        out.add_(1).mul_(levels / 2).round_()  # the code, 0 .. 2^b - 1
+        return out.mul_(2.0 / levels).sub_(1).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        (inside,) = ctx.saved_tensors
+        return grad_output * inside, None, None
+
+
+def n2uq_weight_fake_quant(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """N2UQ weight quantization (module docstring), fused; clipped straight-through backward."""
+    train = torch.is_grad_enabled() and weight.requires_grad
+    return _N2UQWeightFakeQuant.apply(weight, bits, train)
+
+
+def n2uq_weight_fake_quant_reference(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """The textbook form of :func:`n2uq_weight_fake_quant`: the reference."""
+    return _N2UQWeightReference.apply(weight, bits)
 
 
 class N2UQWeightQuantizer(Quantizer):
@@ -259,7 +457,7 @@ class N2UQWeightQuantizer(Quantizer):
         self._end_observing()
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
-        return _N2UQWeightFakeQuant.apply(weight, self.bits)
+        return n2uq_weight_fake_quant(weight, self.bits)
 
     def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Codes in 0 .. 2^b - 1 (level -1 + 2k / (2^b - 1) of the channel scale)."""

@@ -31,6 +31,11 @@ beta is stored as log(beta), so it stays positive whatever the optimizer does.
 Weights use LSQ (signed, per output channel): QMDD describes SLR for activations, whose
 post-ReLU distribution is the unbalanced one; weights are roughly symmetric bell curves,
 which a uniform grid fits.
+
+Implementation: ``_SLRFakeQuant`` runs the forward in place and reduces the backward to one
+product and one matrix-vector product (its docstring gives the rewriting); the textbook
+composition it replaces is kept as :func:`slr_fake_quant_reference`, the definition
+``tests/quant/test_fused_n2uq_slr.py`` checks it against (``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -43,15 +48,16 @@ from torch import nn
 from qmdd.quant._base import ActivationQuantizer
 from qmdd.quant._lsq import _MIN_STEP
 
-__all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_levels"]
+__all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_fake_quant_reference", "slr_levels"]
 
 
-class _SLRFakeQuant(torch.autograd.Function):
-    """Shifted-log quantize-dequantize with an analytic backward, in one autograd node.
+class _SLRReference(torch.autograd.Function):
+    """Shifted-log quantize-dequantize with an analytic backward: the textbook composition.
 
-    ``surrogate=True`` skips the rounding (clip only): the smooth function whose exact
-    derivative the backward computes, used only to check the backward against finite
-    differences; training never uses it.
+    The definition the fused :class:`_SLRFakeQuant` is tested against. ``surrogate=True``
+    skips the rounding (clip only): the smooth function whose exact derivative the
+    backward computes, used only to check the backward against finite differences;
+    training never uses it.
     """
 
     @staticmethod
@@ -90,6 +96,96 @@ class _SLRFakeQuant(torch.autograd.Function):
         return grad_x, grad_step, grad_shift, None, None, None, None
 
 
+class _SLRFakeQuant(torch.autograd.Function):
+    """:class:`_SLRReference` in fewer, in-place passes, with a leaner backward.
+
+    With v = u / s (u the shifted log), c = clip(v, qmin, qmax), k = round(c), m = [c == v]
+    (inside the clip range), growth = exp(|k s|):
+
+        forward:  out = sign(k) * beta * (growth - 1), the reference's operations run in
+                  place (the sign as ``copysign``, the same product); on an unsigned grid
+                  the signs are dropped (k >= 0) and u is log1p(x / beta) (negative inputs
+                  only need to stay negative: they clip to 0);
+                  when training, per element, the three factors of the backward:
+                  A = beta growth m / (|x| + beta)      (dQ/dx)
+                  B = beta growth (k - c m)             (dQ/ds: k - v inside, the clip
+                                                         bound outside)
+                  C = out - A x                         (beta dQ/dbeta: the docstring's
+                                                         sign(k)(growth - 1) = out / beta
+                                                         and beta growth m x / (beta (beta
+                                                         + |x|)) = A x / beta)
+        backward: grad_x = grad * A;  (grad_step, beta grad_shift) = g * [B; C] grad,
+                  one product and one (2, N) matrix-vector product, where the reference
+                  recomputed its masks in some thirty elementwise passes.
+
+    Kept: A, B and C (three floats per element; the reference kept three as well).
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool = True):  # type: ignore[override]
+        if qmin < 0:
+            magnitude = x.abs()
+            scaled = magnitude / shift
+            scaled.log1p_().copysign_(x)  # u = sign(x) log(1 + |x| / beta)
+        else:
+            # Unsigned grid: a negative v only ever clips to 0 (below the range), so only
+            # its sign matters, and log1p(x / beta) has the sign of x for x > -beta (the
+            # clamp keeps it finite). Where v is inside the range, x >= 0 or its log
+            # underflowed to -0, so this ``magnitude`` is |x| to the last bit of |x| + beta.
+            magnitude = x.clamp_min(-0.5 * shift)
+            scaled = magnitude / shift
+            scaled.log1p_()
+        scaled.div_(step)  # v = u / s
+        if train:
+            # clipped and code live in the two rows that the backward's B and C replace.
+            rows = torch.empty((2, x.numel()), dtype=scaled.dtype, device=scaled.device)
+            clipped, code = rows[0].view(x.shape), rows[1].view(x.shape)
+            torch.clamp(scaled, qmin, qmax, out=clipped)
+            inside = torch.eq(clipped, scaled, out=scaled)  # m, over v (no longer needed)
+            del scaled
+            torch.round(clipped, out=code)
+        else:
+            clipped = scaled.clamp_(qmin, qmax)
+            code = clipped.round_()
+        growth = code * step  # q
+        if qmin < 0:
+            growth.abs_()
+        growth.exp_()  # exp(|q|)
+        out = (growth - 1).mul_(shift)
+        if qmin < 0:
+            out.copysign_(code)  # sign(q) * beta * (exp(|q|) - 1); unsigned: q >= 0
+        if train:
+            # Per element, what the backward multiplies the incoming gradient by:
+            #   A = beta growth m / (|x| + beta)          (dQ/dx),
+            #   B = beta growth (k - c m)                 (dQ/ds: k - v inside, c == v there;
+            #                                              the clip bound k outside),
+            #   C = out - A x                             (beta dQ/dbeta: out / beta is
+            #                                              sign(k)(growth - 1), A x / beta
+            #                                              the term through u),
+            # B and C as the rows of one (2, N) matrix: the backward is then one product
+            # and one matrix-vector product.
+            factor = growth.mul_(shift)
+            needs_rows = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+            if needs_rows:
+                torch.addcmul(code, clipped, inside, value=-1, out=clipped).mul_(factor)  # B
+            slope_x = factor.mul_(inside).div_(magnitude.add_(shift))  # A
+            del inside, magnitude
+            if needs_rows:
+                torch.addcmul(out, slope_x, x, value=-1, out=code)  # C
+            ctx.save_for_backward(slope_x, rows if needs_rows else None, shift, grad_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        slope_x, rows, shift, grad_scale = ctx.saved_tensors
+        grad_x = grad_output * slope_x if ctx.needs_input_grad[0] else None
+        grad_step = grad_shift = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            sums = torch.mv(rows, grad_output.reshape(-1)) * grad_scale
+            grad_step, grad_shift = sums[0], sums[1] / shift
+        return grad_x, grad_step, grad_shift, None, None, None, None
+
+
 def slr_fake_quant(
     x: torch.Tensor,
     step: torch.Tensor,
@@ -99,8 +195,28 @@ def slr_fake_quant(
     grad_scale: torch.Tensor,
     surrogate: bool = False,
 ) -> torch.Tensor:
-    """SLR quantize-dequantize of ``x`` (module docstring); ``step`` and ``shift`` > 0."""
-    return _SLRFakeQuant.apply(x, step.clamp_min(_MIN_STEP), shift, qmin, qmax, grad_scale, surrogate)
+    """SLR quantize-dequantize of ``x`` (module docstring); ``step`` and ``shift`` > 0.
+
+    Runs the fused :class:`_SLRFakeQuant`; ``surrogate=True`` (finite-difference checks
+    only) runs :func:`slr_fake_quant_reference`.
+    """
+    if surrogate:
+        return slr_fake_quant_reference(x, step, shift, qmin, qmax, grad_scale, True)
+    train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, step, shift))
+    return _SLRFakeQuant.apply(x, step.clamp_min(_MIN_STEP), shift, qmin, qmax, grad_scale, train)
+
+
+def slr_fake_quant_reference(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    shift: torch.Tensor,
+    qmin: int,
+    qmax: int,
+    grad_scale: torch.Tensor,
+    surrogate: bool = False,
+) -> torch.Tensor:
+    """The textbook form of :func:`slr_fake_quant` (same maths, separate ops): the reference."""
+    return _SLRReference.apply(x, step.clamp_min(_MIN_STEP), shift, qmin, qmax, grad_scale, surrogate)
 
 
 def slr_levels(step: float, shift: float, qmin: int, qmax: int) -> torch.Tensor:
