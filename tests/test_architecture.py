@@ -27,6 +27,8 @@ ALLOWED = {
     "evaluation": {"config", "data", "detector", "metrics", "training", "utils"},
     "deploy": {"config", "data", "detector", "metrics", "models", "quant", "utils"},
     "prune": {"checkpoint", "config", "cost", "data", "detector", "quant", "run_folder", "training", "utils"},
+    "video": {"checkpoint", "config", "data", "deploy", "detector", "utils"},
+    "demo": {"utils", "video"},
 }
 ENTRY_POINTS = {"train", "eval", "report", "export", "predict", "lth", "explain"}
 
