@@ -1,7 +1,8 @@
 """Typed, validated run configuration.
 
 A run is described by one :class:`RunConfig`, made of frozen sections (``data``,
-``model``, ``quant``, ``train``, and ``prune`` for ``python -m qmdd.lth``). It is loaded
+``model``, ``quant``, ``train``, ``prune`` for ``python -m qmdd.lth`` and ``slim`` for
+``python -m qmdd.slim``). It is loaded
 from YAML, overridden from the command line with dotted keys (``train.lr=1e-3``), validated
 field by field, and written back to YAML next to every run and into every checkpoint, so a
 run can always be reproduced.
@@ -44,6 +45,7 @@ __all__ = [
     "QuantConfig",
     "TrainConfig",
     "PruneConfig",
+    "SlimConfig",
     "RunConfig",
     "FULL_PRECISION",
     "load_config",
@@ -201,6 +203,17 @@ class ModelConfig:
         "otherwise). See docs/method.md.",
         default=None,
     )
+    pruned_shapes: tuple[str, ...] = _help(
+        "Layers narrowed by structured pruning (python -m qmdd.slim writes them): "
+        "'layer=out,in' for a conv or linear, 'norm=channels' for a batch norm. The backbone "
+        "is built, then these layers take these widths. Empty: the unpruned backbone.",
+        default=(),
+    )
+
+    def __post_init__(self) -> None:
+        for entry in self.pruned_shapes:
+            if not re.fullmatch(r"[A-Za-z0-9_.]+=[1-9]\d*(,[1-9]\d*)?", entry):
+                raise ConfigError(f"model.pruned_shapes entry {entry!r} must look like 'layer=out,in' or 'norm=channels'")
 
 
 @dataclass(frozen=True)
@@ -491,6 +504,50 @@ class PruneConfig:
         return 0 if self.rewind == "init" else int(self.rewind)
 
 
+#: Values of ``slim.importance``: first-order Taylor on training batches, or weight magnitude.
+_SLIM_IMPORTANCES = ("taylor", "magnitude")
+
+
+@dataclass(frozen=True)
+class SlimConfig:
+    ratio: float = _help(
+        "Share of the detector's parameters removed by structured (channel) pruning "
+        "(python -m qmdd.slim), e.g. 0.3. Channels go in dependency groups, so the result is "
+        "a smaller dense network.",
+        default=0.3,
+    )
+    steps: int = _help(
+        "Pruning steps K: step k removes k/K of the ratio, with train.epochs of fine-tuning "
+        "after each (1 = one-shot, then fine-tune).",
+        default=1,
+    )
+    importance: str = _help(
+        "Channel importance: taylor (|w * dL/dw| summed over the group, gradients of "
+        "taylor_batches training batches) or magnitude (L2 norm of the group's weights).",
+        default="taylor",
+    )
+    scope: str = _help(
+        "global: one ranking of all groups' channels (importance normalised per group); "
+        "layer: every group loses the same share of its channels.",
+        default="global",
+    )
+    taylor_batches: int = _help("Training batches whose gradients give the Taylor importance.", default=4)
+    distill: bool = _help(
+        "Fine-tune each step against the unpruned detector as a frozen teacher "
+        "(train.distill_alpha, train.distill_temperature).",
+        default=False,
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"slim.ratio={self.ratio} must lie in [0, 1), e.g. 0.3")
+        if self.steps < 1 or self.taylor_batches < 1:
+            raise ConfigError(f"slim.steps={self.steps} and slim.taylor_batches={self.taylor_batches} must be >= 1")
+        for key, value, choices in (("importance", self.importance, _SLIM_IMPORTANCES), ("scope", self.scope, _PRUNE_SCOPES)):
+            if value not in choices:
+                raise ConfigError(f"slim.{key}={value!r} is unknown{suggest(value, choices)}; choose one of {', '.join(choices)}")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
@@ -498,6 +555,7 @@ class RunConfig:
     quant: QuantConfig = field(default_factory=QuantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    slim: SlimConfig = field(default_factory=SlimConfig)
 
 
 # --------------------------------------------------------------------------- conversion

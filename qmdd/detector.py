@@ -21,7 +21,7 @@ from torch import nn
 
 from qmdd.checkpoint import CheckpointError, checkpoint_threshold, load_checkpoint, stored_config
 from qmdd.config import ConfigError, RunConfig, suggest
-from qmdd.models import create_model, crop_alignment, list_input_filters, list_models, resolved_input_filter
+from qmdd.models import ShapeError, apply_layer_shapes, create_model, crop_alignment, list_input_filters, list_models, resolved_input_filter
 from qmdd.quant import BLOCKS, SUPPORTED_BITS, has_connectable_blocks, list_quantizers, quantize
 
 __all__ = ["validate_config", "resolve_model_defaults", "build_detector", "LoadedDetector", "load_detector", "fake_probability"]
@@ -50,6 +50,12 @@ def validate_config(config: RunConfig) -> RunConfig:
             f"quant.block=cqb needs residual blocks, and model.arch={config.model.arch!r} has none "
             "(Connected Quantized Blocks connect ResNet blocks and MobileNet inverted residuals); use quant.block=plain"
         )
+    if config.model.pruned_shapes:
+        try:  # on the meta device: no memory, no init
+            with torch.device("meta"):
+                apply_layer_shapes(create_model(config.model.arch, input_filter=config.model.input_filter), config.model.pruned_shapes)
+        except ShapeError as error:
+            raise ConfigError(f"model.pruned_shapes does not fit model.arch={config.model.arch!r}: {error}") from None
     for key in ("bits", "weight_bits", "act_bits", "first_layer_bits", "last_layer_bits"):
         value = getattr(quant, key)
         if value is not None and value not in SUPPORTED_BITS:
@@ -84,6 +90,8 @@ def build_detector(config: RunConfig, *, pretrained: bool | None = None, init_st
     """
     use_pretrained = config.model.pretrained if pretrained is None else pretrained
     model = create_model(config.model.arch, pretrained=use_pretrained, input_filter=config.model.input_filter)
+    # A channel-pruned detector: the same backbone with narrower layers (qmdd.models._shapes).
+    apply_layer_shapes(model, config.model.pruned_shapes)
     if init_state is not None:
         # Connected blocks keep every parameter name, so the plain float model takes them.
         model.load_state_dict(init_state)

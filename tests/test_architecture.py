@@ -26,11 +26,11 @@ ALLOWED = {
     "training": {"checkpoint", "config", "cost", "data", "detector", "metrics", "quant", "run_folder", "utils"},
     "evaluation": {"config", "data", "detector", "metrics", "training", "utils"},
     "deploy": {"config", "data", "detector", "metrics", "models", "quant", "utils"},
-    "prune": {"checkpoint", "config", "cost", "data", "detector", "quant", "run_folder", "training", "utils"},
+    "prune": {"checkpoint", "config", "cost", "data", "detector", "models", "quant", "run_folder", "training", "utils"},
     "video": {"checkpoint", "config", "data", "deploy", "detector", "utils"},
     "demo": {"utils", "video"},
 }
-ENTRY_POINTS = {"train", "eval", "report", "export", "predict", "lth", "explain"}
+ENTRY_POINTS = {"train", "eval", "report", "export", "predict", "lth", "explain", "slim"}
 
 
 def _imports() -> dict[str, set[str]]:

@@ -14,6 +14,8 @@ from qmdd.models._registry import create_model, crop_alignment, default_input_fi
 from qmdd.models import _torchvision  # noqa: F401  (registers the torchvision backbones)
 from qmdd.models._small import CNN5, MesoNet  # registers mesonet and cnn5 (docs/lottery.md)
 from qmdd.models._artifact import ArtifactResNet  # registers npr_resnet50 and trunc_resnet18
+from qmdd.models import _efficientnet  # noqa: F401  (registers efficientnet_b0 and efficientnet_lite0)
+from qmdd.models._shapes import ShapeError, apply_layer_shapes, layer_shapes
 from qmdd.models._torchvision import single_logit_head
 
 __all__ = [
@@ -25,6 +27,9 @@ __all__ = [
     "crop_alignment",
     "filter_grid",
     "single_logit_head",
+    "layer_shapes",
+    "apply_layer_shapes",
+    "ShapeError",
     "MesoNet",
     "CNN5",
     "ArtifactResNet",

@@ -1,4 +1,5 @@
-"""Lottery tickets: masks, magnitude pruning, IMP and one-shot drivers, ticket transfer.
+"""Lottery tickets: masks, magnitude pruning, IMP and one-shot drivers, ticket transfer;
+and structured (channel) pruning over dependency groups (``python -m qmdd.slim``).
 
 Typical use (``python -m qmdd.lth`` does all of it; docs/lottery.md)::
 
@@ -18,6 +19,8 @@ from qmdd.prune._callbacks import KeepPruned, SaveStateAtStep, check_pruned_are_
 from qmdd.prune._lottery import collect_rows, format_rows, level_config, run_lottery, summarise, train_level
 from qmdd.prune._magnitude import planned_counts, planned_unpruned, prune_level, prune_to_level, random_mask_like
 from qmdd.prune._mask import Mask, PruneError, prunable_parameters
+from qmdd.prune._slim import PRUNED_CHECKPOINT, PRUNED_CONFIG, SLIM_FILE, format_slim, prune_channels, pruned_config, run_slim
+from qmdd.prune._structured import ChannelGroup, accumulate_taylor_gradients, channel_groups, group_importance, plan_removal, planned_parameters, remove_channels
 from qmdd.prune._transfer import family_training_root, format_transfer, run_transfer
 
 __all__ = [
@@ -43,4 +46,18 @@ __all__ = [
     "format_transfer",
     "level_config",
     "train_level",
+    "prune_channels",
+    "pruned_config",
+    "run_slim",
+    "format_slim",
+    "SLIM_FILE",
+    "PRUNED_CHECKPOINT",
+    "PRUNED_CONFIG",
+    "ChannelGroup",
+    "channel_groups",
+    "group_importance",
+    "plan_removal",
+    "planned_parameters",
+    "remove_channels",
+    "accumulate_taylor_gradients",
 ]
