@@ -20,7 +20,7 @@ from qmdd.deploy._format import (
     save_packed,
     unpack_codes,
 )
-from qmdd.deploy._int8 import Int8ConversionError, Int8LSQInput, Int8Model, LSQInput, calibration_images, lowbit_float_model, to_int8
+from qmdd.deploy._int8 import Int8ConversionError, Int8LSQInput, Int8Model, LevelInput, LSQInput, calibration_images, int8_weight_codes, lowbit_float_model, to_int8
 
 __all__ = [
     "FILE_SUFFIX",
@@ -39,6 +39,8 @@ __all__ = [
     "Int8LSQInput",
     "Int8Model",
     "LSQInput",
+    "LevelInput",
+    "int8_weight_codes",
     "calibration_images",
     "lowbit_float_model",
     "to_int8",

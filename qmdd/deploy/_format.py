@@ -602,7 +602,7 @@ def _bitmap(path: Path, name: str, payload: bytes, elements: int, expected_ones:
     return flags
 
 
-def _decode(path: Path, entry: dict[str, Any], data: memoryview, decoded: dict[str, torch.Tensor]) -> torch.Tensor:
+def _decode(path: Path, entry: dict[str, Any], data: memoryview, decoded: dict[str, torch.Tensor]) -> torch.Tensor | WeightCodes:
     name, encoding, shape = entry["name"], entry["encoding"], entry["shape"]
     payload = bytes(data[entry["offset"] : entry["offset"] + entry["length"]])
     elements = math.prod(shape)
@@ -629,9 +629,9 @@ def _decode(path: Path, entry: dict[str, Any], data: memoryview, decoded: dict[s
         scale = decoded[entry["step"]].clamp_min(LSQ_MIN_STEP)  # the floor LSQ's forward applies
     unsigned = _unpack_entry_codes(path, entry, payload, elements, int(zero_point) if zero_point.is_integer() else 0)
     codes = torch.from_numpy(unsigned.astype(np.int64)).reshape(shape)
-    # (code - zero_point) * scale: the product the fake quantizer computes, so
-    # re-quantizing the decoded weight gives the same codes.
-    return WeightCodes(codes=codes, zero_point=zero_point, scale=scale, bits=bits).values()
+    # Decoded as (code - zero_point) * scale by the caller: the product the fake quantizer
+    # computes, so re-quantizing the decoded weight gives the same codes.
+    return WeightCodes(codes=codes, zero_point=zero_point, scale=scale, bits=bits)
 
 
 def _unpack_entry_codes(path: Path, entry: dict[str, Any], payload: bytes, elements: int, fill: int) -> np.ndarray:
@@ -646,20 +646,32 @@ def _unpack_entry_codes(path: Path, entry: dict[str, Any], payload: bytes, eleme
     return unsigned
 
 
-def _decode_all(path: Path, entries: list[dict[str, Any]], data: memoryview) -> dict[str, torch.Tensor]:
+def _decode_all(path: Path, entries: list[dict[str, Any]], data: memoryview) -> tuple[dict[str, torch.Tensor], dict[str, WeightCodes]]:
+    """The state dict, and the weight codes of the coded tensors (by state-dict key)."""
     decoded: dict[str, torch.Tensor] = {}
+    codes: dict[str, WeightCodes] = {}
     # Steps first: version-1 code tensors refer to them.
     for entry in sorted(entries, key=lambda e: e["encoding"] in _LEGACY_CODE_ENCODINGS):
-        decoded[entry["name"]] = _decode(path, entry, data, decoded)
-    return {entry["name"]: decoded[entry["name"]] for entry in entries}
+        value = _decode(path, entry, data, decoded)
+        if isinstance(value, WeightCodes):
+            codes[entry["name"]] = value
+            value = value.values()
+        decoded[entry["name"]] = value
+    return {entry["name"]: decoded[entry["name"]] for entry in entries}, codes
 
 
 def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any]]:
     """Validate and decode a ``.qmdd`` file: ``(config, state_dict, header)``.
 
-    Quantized weights come back as ``code * step`` floats. The header is checked in full,
-    entries against the model its config builds, before the data section is even read.
+    Quantized weights come back as ``(code - zero_point) * scale`` floats. The header is
+    checked in full, entries against the model its config builds, before the data section
+    is even read.
     """
+    config, state, header, _ = _read_packed(path)
+    return config, state, header
+
+
+def _read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], dict[str, Any], dict[str, WeightCodes]]:
     path = Path(path)
     if not path.is_file():
         raise PackedFormatError(f"{path} does not exist")
@@ -675,7 +687,8 @@ def read_packed(path: str | Path) -> tuple[RunConfig, dict[str, torch.Tensor], d
         raise _fail(path, f"truncated: the header announces {data_bytes} data bytes, the file holds {len(data)}")
     if zlib.crc32(data) != header.get("data_crc32"):
         raise _fail(path, "data checksum mismatch: the file is corrupt")
-    return config, _decode_all(path, entries, memoryview(data)), header
+    state, codes = _decode_all(path, entries, memoryview(data))
+    return config, state, header, codes
 
 
 def _header_threshold(path: Path, header: dict[str, Any]) -> float:
@@ -691,7 +704,7 @@ def load_packed(path: str | Path) -> LoadedDetector:
     from torch.nn.utils import prune
 
     path = Path(path)
-    config, state, header = read_packed(path)
+    config, state, header, codes = _read_packed(path)
     config = resolve_model_defaults(config)
     threshold = _header_threshold(path, header)
     model = build_detector(config, pretrained=False)
@@ -707,6 +720,19 @@ def load_packed(path: str | Path) -> LoadedDetector:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise _fail(path, f"tensors do not match the {config.model.arch} architecture: {error}") from None
+    _adopt_codes(model, codes)
     model.eval()
     return LoadedDetector(model, config, threshold)
+
+
+def _adopt_codes(model: nn.Module, codes: dict[str, WeightCodes]) -> None:
+    """Hand each coded weight's codes to its quantizer (``Quantizer.adopt_codes``): a family
+    whose scale is a statistic of the float weight (N2UQ) cannot recompute it from the
+    decoded values."""
+    layers = dict(quantized_layers(model))
+    for key, weight_codes in codes.items():
+        name = key.rpartition(".")[0]
+        layer = layers.get(name)
+        if layer is not None:
+            layer.weight_quantizer.adopt_codes(weight_codes)
 

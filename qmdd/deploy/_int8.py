@@ -43,9 +43,9 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from qmdd.config import FULL_PRECISION
 from qmdd.models import FILTERS, InputFilter
-from qmdd.quant import QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers
+from qmdd.quant import LevelTable, QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers
 
-__all__ = ["LSQInput", "Int8LSQInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images"]
+__all__ = ["LSQInput", "LevelInput", "Int8LSQInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images", "int8_weight_codes"]
 
 #: The x86 backend's activation dtype is unsigned 8-bit; signed LSQ grids sit around 128.
 _SIGNED_ZERO_POINT = 128
@@ -73,6 +73,64 @@ class LSQInput(nn.Module):
 
     def extra_repr(self) -> str:
         return f"step={self.step:.6g}, range=[{self.qmin}, {self.qmax}]"
+
+
+class LevelInput(nn.Module):
+    """An input quantizer whose grid is not uniform, as its :class:`~qmdd.quant.LevelTable`:
+    ``levels[#{k : x >= thresholds[k]}]``, with levels on an 8-bit grid ``(step, zero_point)``.
+
+    Where the family's levels lie on a uniform grid (N2UQ: learned thresholds, uniform
+    outputs) that grid is used and the module is exactly the fake quantizer (up to float
+    rounding of the thresholds). Otherwise (SLR's log-spaced levels) the levels are rounded
+    to the 8-bit grid that spans them, ``max|level| / 255`` (unsigned) or ``/ 127``
+    (signed): the one approximation of this module, whose size ``max_level_error`` gives.
+    In the int8 graph it runs in float between a dequantize and a quantize whose qparams
+    are fixed to that grid, so the next conv reads the level codes.
+    """
+
+    def __init__(self, table: LevelTable) -> None:
+        super().__init__()
+        levels = table.levels.to(torch.float64)
+        if table.grid is not None:
+            self.step, self.exact = float(table.grid.step), True
+            self.zero_point = _SIGNED_ZERO_POINT if table.grid.qmin < 0 else 0
+        else:
+            signed = bool(levels[0] < 0)
+            span = float(levels.abs().max().clamp_min(1e-12))
+            self.step = span / (127 if signed else 255)
+            self.zero_point = _SIGNED_ZERO_POINT if signed else 0
+            self.exact = False
+        on_grid = torch.round(levels / self.step) * self.step
+        self.max_level_error = float((on_grid - levels).abs().max())
+        self.register_buffer("thresholds", table.thresholds.to(torch.float32))
+        self.register_buffer("levels", (levels if self.exact else on_grid).to(torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no bucketize: count the thresholds at or below x (one comparison per
+            # threshold, 3 at 2 bits, 7 at 3 bits), then look the level up (Gather).
+            index = torch.zeros_like(x, dtype=torch.int64)
+            for k in range(self.thresholds.numel()):
+                index = index + (x >= self.thresholds[k]).to(torch.int64)
+            return self.levels[index]
+        return self.levels[torch.bucketize(x, self.thresholds, right=True)]
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels.numel()}, step={self.step:.6g}, exact={self.exact}"
+
+
+def int8_weight_codes(codes: WeightCodes) -> tuple[torch.Tensor, float] | None:
+    """Signed integer weights ``m * (codes - zero_point)`` and the factor m (1, or 2 for a
+    half-integer zero point such as N2UQ's), so that the weight is ``int * scale / m``;
+    None when they do not fit int8."""
+    zero_point = float(codes.zero_point)
+    multiple = 1 if zero_point.is_integer() else 2 if (2 * zero_point).is_integer() else 0
+    if multiple == 0:
+        return None
+    signed = codes.codes.to(torch.int64) * multiple - int(zero_point * multiple)
+    if signed.numel() and (int(signed.min()) < -128 or int(signed.max()) > 127):
+        return None
+    return signed.to(torch.int8), float(multiple)
 
 
 class _CodeWeightObserver(ObserverBase):
@@ -107,24 +165,30 @@ def _backend_config():
     """The native (x86/fbgemm) backend, plus :class:`LSQInput` as an op with its own output
     observer (it runs in float between a dequantize and a quantize at the LSQ step)."""
     config = get_native_backend_config()
-    config.set_backend_pattern_config(
-        BackendPatternConfig(LSQInput)
-        .set_observation_type(ObservationType.OUTPUT_USE_DIFFERENT_OBSERVER_AS_INPUT)
-        .add_dtype_config(DTypeConfig(input_dtype=torch.quint8, output_dtype=torch.quint8))
-    )
+    for op in (LSQInput, LevelInput):
+        config.set_backend_pattern_config(
+            BackendPatternConfig(op)
+            .set_observation_type(ObservationType.OUTPUT_USE_DIFFERENT_OBSERVER_AS_INPUT)
+            .add_dtype_config(DTypeConfig(input_dtype=torch.quint8, output_dtype=torch.quint8))
+        )
     return config
 
 
-def _integer_form(layer: QConv2d | QLinear) -> tuple[WeightCodes, UniformGrid] | None:
-    """The layer's weight codes and input grid when both fit int8 exactly, else None."""
+def _integer_form(layer: QConv2d | QLinear) -> tuple[torch.Tensor, nn.Module] | None:
+    """The layer's int8 weight codes and its input op (:class:`LSQInput` for a uniform
+    grid, :class:`LevelInput` otherwise), or None when the family has no integer form."""
     if layer.weight_bits >= FULL_PRECISION or layer.act_bits >= FULL_PRECISION:
         return None
     with torch.no_grad():
         codes = layer.weight_quantizer.weight_codes(layer.weight.detach())
-    grid = layer.input_quantizer.uniform_grid()
-    if codes is None or grid is None or not float(codes.zero_point).is_integer():
+    signed = int8_weight_codes(codes) if codes is not None else None
+    if signed is None:
         return None
-    return codes, grid
+    grid = layer.input_quantizer.uniform_grid()
+    if grid is not None:
+        return signed[0], LSQInput(grid.step, grid.qmin, grid.qmax)
+    table = layer.input_quantizer.level_table()
+    return (signed[0], LevelInput(table)) if table is not None else None
 
 
 def _float_layer(layer: QConv2d | QLinear) -> nn.Module:
@@ -147,16 +211,16 @@ def lowbit_float_model(model: nn.Module) -> tuple[nn.Module, dict[str, torch.Ten
     for name, layer in quantized_layers(model):
         integer = _integer_form(layer)
         if integer is not None:
-            weight_codes, grid = integer
-            codes[f"{name}.1"] = (weight_codes.codes - int(weight_codes.zero_point)).to(torch.int8)
-            replacement: nn.Module = nn.Sequential(LSQInput(grid.step, grid.qmin, grid.qmax), _float_layer(layer))
+            codes[f"{name}.1"], input_op = integer
+            replacement: nn.Module = nn.Sequential(input_op, _float_layer(layer))
         elif layer.act_bits == FULL_PRECISION:
             replacement = _float_layer(layer)  # FP input: the (fake-quantized) weight in float
             float_layers.append(name)
         else:
             raise Int8ConversionError(
                 f"layer {name!r} uses {type(layer.input_quantizer).__name__}/{type(layer.weight_quantizer).__name__}: "
-                "the int8 path needs integer weight codes and a uniform input grid (LSQ has both)"
+                "the int8 path needs integer weight codes of at most 8 bits (Quantizer.weight_codes) "
+                "and an input level table (Quantizer.level_table)"
             )
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, replacement)
@@ -251,7 +315,7 @@ def _convert(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     for name in float_layers:
         mapping.set_module_name(name, None)
     for name, module in float_model.named_modules():
-        if isinstance(module, LSQInput):
+        if isinstance(module, (LSQInput, LevelInput)):
             fixed = FixedQParamsObserver.with_args(scale=module.step, zero_point=module.zero_point)
             mapping.set_module_name(name, QConfig(activation=fixed, weight=default.weight))
     for name, layer_codes in codes.items():
@@ -259,7 +323,7 @@ def _convert(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
     backend = _backend_config()
     # LSQInput must stay one call_module node (a leaf), not be traced into its arithmetic;
     # the input filters too, so that they stay float modules.
-    custom = PrepareCustomConfig().set_non_traceable_module_classes([LSQInput, *FILTERS.values()])
+    custom = PrepareCustomConfig().set_non_traceable_module_classes([LSQInput, LevelInput, *FILTERS.values()])
     prepared = prepare_fx(float_model, mapping, example_inputs=(batches[0],), prepare_custom_config=custom, backend_config=backend)
     with torch.no_grad():
         for batch in batches:

@@ -11,11 +11,11 @@ Typical use::
 
 ``quantize`` applies the whole config: the block form, the bit widths of every layer, the
 quantizer family and that family's options. Each family also says how its quantizers map
-to integers (``Quantizer.weight_codes``, ``Quantizer.uniform_grid``), which the packed
+to integers (``Quantizer.weight_codes``, ``Quantizer.uniform_grid``, ``Quantizer.level_table``), which the packed
 file, the int8 path and the cost counters ask for instead of naming a family.
 """
 
-from qmdd.quant._base import SUPPORTED_BITS, ActivationQuantizer, FullPrecision, NotCalibratedError, Quantizer, UniformGrid, WeightCodes, signed_range, unsigned_range
+from qmdd.quant._base import SUPPORTED_BITS, ActivationQuantizer, FullPrecision, NotCalibratedError, Quantizer, LevelTable, UniformGrid, WeightCodes, signed_range, unsigned_range
 from qmdd.quant._cqb import BLOCKS, ShortcutConv2d, connect_blocks, has_connectable_blocks, is_connected
 from qmdd.quant._layers import QUANTIZED_LAYERS, QUANTIZER_ATTRIBUTES, QConv2d, QLinear
 from qmdd.quant._lsq import LSQ_MIN_STEP, LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant
@@ -33,6 +33,7 @@ __all__ = [
     "ShortcutConv2d",
     "WeightCodes",
     "UniformGrid",
+    "LevelTable",
     "QUANTIZER_ATTRIBUTES",
     "LSQ_MIN_STEP",
     "N2UQOptions",

@@ -33,6 +33,7 @@ __all__ = [
     "NotCalibratedError",
     "WeightCodes",
     "UniformGrid",
+    "LevelTable",
     "signed_range",
     "unsigned_range",
 ]
@@ -74,6 +75,31 @@ class UniformGrid:
     step: float
     qmin: int
     qmax: int
+
+
+@dataclass(frozen=True)
+class LevelTable:
+    """An input quantizer as a step function: ``x -> levels[#{k : x >= thresholds[k]}]``.
+
+    Every family's activation quantizer has this form (n thresholds, n + 1 output levels,
+    both ascending, float64); it is what the int8 path and the ONNX export evaluate when
+    a grid is not uniform. ``grid`` is the uniform grid the *levels* lie on when they do
+    (LSQ, and N2UQ, whose thresholds are free but whose outputs are uniform), so the levels
+    are ``k * grid.step`` for the integers k in ``[grid.qmin, grid.qmax]``; None when they
+    do not (SLR's log-spaced levels).
+
+    Rounding ties: at ``x == thresholds[k]`` the table gives the upper level; LSQ and SLR
+    round half to even there, a set of measure zero.
+    """
+
+    thresholds: torch.Tensor
+    levels: torch.Tensor
+    grid: UniformGrid | None = None
+
+    def lookup(self, x: torch.Tensor) -> torch.Tensor:
+        """The level of each element of ``x``, in ``x``'s dtype."""
+        thresholds = self.thresholds.to(x.dtype)
+        return self.levels.to(x.dtype)[torch.bucketize(x, thresholds, right=True)]
 
 
 def signed_range(bits: int) -> tuple[int, int]:
@@ -172,9 +198,29 @@ class Quantizer(nn.Module):
         return None
 
     def uniform_grid(self) -> UniformGrid | None:
-        """This input quantizer's uniform grid, or None when its levels are not uniform
-        (the int8 path needs uniform grids)."""
+        """This input quantizer's uniform grid, or None when its levels are not uniform or
+        its thresholds are not the midpoints between them (the int8 path then evaluates
+        :meth:`level_table`)."""
         return None
+
+    def level_table(self) -> LevelTable | None:
+        """This input quantizer as thresholds and levels (:class:`LevelTable`), or None
+        when it has no such form. A uniform grid gives its own table (thresholds at the
+        half-steps); families with other thresholds or levels override this."""
+        grid = self.uniform_grid()
+        if grid is None:
+            return None
+        k = torch.arange(grid.qmin, grid.qmax + 1, dtype=torch.float64)
+        return LevelTable(thresholds=(k[:-1] + 0.5) * grid.step, levels=k * grid.step, grid=grid)
+
+    def adopt_codes(self, codes: WeightCodes) -> None:
+        """The layer's weight was just loaded as ``codes.values()`` (a packed file): make
+        the forward pass and :meth:`weight_codes` reproduce exactly those codes.
+
+        Nothing to do for families whose scale is a learned parameter loaded with the
+        weight (LSQ: the decoded weight quantizes back to the same codes). Families that
+        derive their scale from the weight itself override this (N2UQ).
+        """
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, calibrated={self.calibrated}"

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from qmdd.quant._base import ActivationQuantizer, Quantizer
+from qmdd.quant._base import ActivationQuantizer, LevelTable, Quantizer, UniformGrid, WeightCodes
 from qmdd.quant._base import signed_range
 
 __all__ = [
@@ -364,6 +364,15 @@ class N2UQActivationQuantizer(ActivationQuantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return n2uq_fake_quant(x, self.start(), self.widths(), self.output_scale, self.qmin, self.grad_scale)
 
+    def level_table(self) -> LevelTable:
+        """The learned thresholds and the uniform output levels ``Delta * (code + qmin)``,
+        Delta = 2 s / n: non-uniform inputs, a uniform output grid (exact in int8)."""
+        with torch.no_grad():
+            thresholds = self.thresholds().detach().to(torch.float64)
+            step = float(self.output_scale.detach()) * (2.0 / self.levels)
+        codes = torch.arange(self.qmin, self.qmax + 1, dtype=torch.float64)
+        return LevelTable(thresholds=thresholds, levels=codes * step, grid=UniformGrid(step, self.qmin, self.qmax))
+
     def extra_repr(self) -> str:
         grid = "signed" if self.signed_grid else "unsigned"
         return f"{super().extra_repr()}, {grid}, threshold_lr_scale={self._lr_scale}"
@@ -449,6 +458,7 @@ class N2UQWeightQuantizer(Quantizer):
     def __init__(self, bits: int, weight: torch.Tensor | None = None) -> None:
         super().__init__(bits)
         self.calibrated = True
+        self._adopted: WeightCodes | None = None
 
     def observe(self, weight: torch.Tensor) -> None:
         pass
@@ -457,12 +467,40 @@ class N2UQWeightQuantizer(Quantizer):
         self._end_observing()
 
     def quantize(self, weight: torch.Tensor) -> torch.Tensor:
+        if self._adopted is not None:
+            return weight  # loaded as the adopted codes' values: already on the grid
         return n2uq_weight_fake_quant(weight, self.bits)
+
+    def _channel_scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """Per-channel scale ((2^b - 1) / 2^(b-1)) * mean|W|, shaped to broadcast."""
+        gamma = (2**self.bits - 1) / 2 ** (self.bits - 1)
+        flat = weight.reshape(weight.shape[0], -1)
+        return (gamma * flat.abs().mean(dim=1)).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
 
     def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Codes in 0 .. 2^b - 1 (level -1 + 2k / (2^b - 1) of the channel scale)."""
         levels = 2**self.bits - 1
-        gamma = levels / 2 ** (self.bits - 1)
-        flat = weight.reshape(weight.shape[0], -1)
-        scale = (gamma * flat.abs().mean(dim=1)).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
-        return (((weight / scale).clamp(-1, 1) + 1) * (levels / 2)).round()
+        return (((weight / self._channel_scale(weight)).clamp(-1, 1) + 1) * (levels / 2)).round()
+
+    def weight_codes(self, weight: torch.Tensor) -> WeightCodes:
+        """Codes 0 .. n (n = 2^b - 1) with zero point n / 2 and scale 2 * scale_c / n.
+
+        The levels -1 + 2k / n of the channel scale have no zero level, so the zero point
+        is a half-integer: ``(code - n/2) * (2 scale_c / n)`` is the forward pass's
+        ``(code * 2/n - 1) * scale_c`` up to float rounding (an ulp or two). A packed file
+        stores these codes; its loader calls :meth:`adopt_codes`, because the scale is a
+        statistic of the float weight, which the file does not hold.
+        """
+        if self._adopted is not None:
+            return self._adopted
+        levels = 2**self.bits - 1
+        with torch.no_grad():
+            weight = weight.detach()
+            codes = self.integer_codes(weight).to(torch.int64)
+            scale = (self._channel_scale(weight).reshape(-1) * (2.0 / levels)).to(torch.float32).clone()
+        return WeightCodes(codes=codes, zero_point=levels / 2, scale=scale, bits=self.bits)
+
+    def adopt_codes(self, codes: WeightCodes) -> None:
+        """Keep ``codes`` as this layer's weight codes: the loaded weight is their values,
+        from which mean|W| (and so the forward's scale) cannot be recomputed."""
+        self._adopted = codes

@@ -45,10 +45,10 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import ActivationQuantizer
+from qmdd.quant._base import ActivationQuantizer, LevelTable
 from qmdd.quant._lsq import _MIN_STEP
 
-__all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_fake_quant_reference", "slr_levels"]
+__all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_fake_quant_reference", "slr_levels", "slr_thresholds"]
 
 
 class _SLRReference(torch.autograd.Function):
@@ -225,6 +225,13 @@ def slr_levels(step: float, shift: float, qmin: int, qmax: int) -> torch.Tensor:
     return torch.sign(k) * shift * torch.expm1(k.abs() * step)
 
 
+def slr_thresholds(step: float, shift: float, qmin: int, qmax: int) -> torch.Tensor:
+    """The 2^b - 1 inputs where the code steps up: u(x) / step = k + 1/2 (the rounding
+    boundaries in the log domain), x = sign(v) * shift * (exp(|v| step) - 1), v = k + 1/2."""
+    v = torch.arange(qmin, qmax, dtype=torch.float64) + 0.5
+    return torch.sign(v) * shift * torch.expm1(v.abs() * step)
+
+
 class SLRActivationQuantizer(ActivationQuantizer):
     """SLR activations: learned log-domain step and learned shift (module docstring).
 
@@ -263,6 +270,13 @@ class SLRActivationQuantizer(ActivationQuantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return slr_fake_quant(x, self.step, self.shift, self.qmin, self.qmax, self.grad_scale)
+
+    def level_table(self) -> LevelTable:
+        """Log-spaced levels (:func:`slr_levels`) and the inputs where the code changes
+        (:func:`slr_thresholds`); the levels lie on no uniform grid (``grid`` None)."""
+        step = float(self.step.detach().clamp_min(_MIN_STEP))
+        shift = float(self.shift.detach())
+        return LevelTable(thresholds=slr_thresholds(step, shift, self.qmin, self.qmax), levels=slr_levels(step, shift, self.qmin, self.qmax))
 
     def extra_repr(self) -> str:
         grid = "signed" if self.signed_grid else "unsigned"
