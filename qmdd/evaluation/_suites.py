@@ -300,3 +300,17 @@ register_suite(Suite(
     discover=True,
     default_root=EMBEDDED_ROOT,
 ))
+
+# FaceForensics++ face crops (Rossler et al., ICCV 2019), as data_scripts/faceforensics.py
+# extracts them: <split>/<method>/1_fake and one real pool <split>/original/0_real, so each
+# manipulation's AP and accuracy are against the same real videos. Scored at the
+# checkpoint's own crop, as python -m qmdd.video scores faces; crop names keep their video
+# (qmdd.video.crop_name), so the script also pools the scores into a video-level AUC.
+FACEFORENSICS_METHODS = ("Deepfakes", "Face2Face", "FaceShifter", "FaceSwap", "NeuralTextures")
+register_suite(Suite(
+    name="faceforensics",
+    description="FaceForensics++ face crops: per-manipulation accuracy and AP against the original videos' faces",
+    sets=tuple(SetSpec(n, shared_real="original") for n in FACEFORENSICS_METHODS),
+    protocol=Protocol(crop=None, from_checkpoint=True),
+    search=("test", ""),
+))
