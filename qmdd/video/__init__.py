@@ -16,13 +16,14 @@ docs/video.md.
 
 from qmdd.video._crops import CropCounts, crop_name, extract_crops, video_auc, video_id_of, video_scores
 from qmdd.video._faces import Box, FaceFinder, cascade_path, expand_box, largest_face
+from qmdd.video._image import ImageResult, analyse_image
 from qmdd.video._frames import VIDEO_SUFFIXES, VideoError, VideoInfo, VideoReadError, probe_video, read_frames, sample_indices
 from qmdd.video._pipeline import NO_FACE, FrameResult, Verdict, VideoReport, aggregate, analyse_video, draw_box, face_frames, write_report
 from qmdd.video._scorer import ENGINES, Scorer, load_scorer
 from qmdd.video._settings import FACE_FINDERS, RULES, SAMPLING, VideoSettings, VideoSettingsError, describe_settings, load_settings, settings_to_dict
 
 __all__ = [
-    "Box", "CropCounts", "ENGINES", "FACE_FINDERS", "FaceFinder", "FrameResult", "NO_FACE", "RULES", "SAMPLING",
+    "Box", "CropCounts", "ImageResult", "analyse_image", "ENGINES", "FACE_FINDERS", "FaceFinder", "FrameResult", "NO_FACE", "RULES", "SAMPLING",
     "Scorer", "VIDEO_SUFFIXES", "Verdict", "VideoError", "VideoInfo", "VideoReadError", "VideoReport",
     "VideoSettings", "VideoSettingsError", "aggregate", "analyse_video", "cascade_path", "crop_name",
     "describe_settings", "draw_box", "expand_box", "extract_crops", "face_frames", "largest_face", "load_scorer",

@@ -62,3 +62,25 @@ def iou(a, b) -> float:
     inter = inter_w * inter_h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def make_tiny_detector(folder: Path) -> tuple[Path, Path]:
+    """A 2-bit cnn5 at 32-pixel crops, calibrated on noise, as ``best.pt`` and ``model.qmdd``:
+    untrained, so its scores mean nothing, but every path from a crop to a verdict can be
+    checked against it."""
+    import torch
+
+    from qmdd.checkpoint import save_checkpoint
+    from qmdd.config import load_config
+    from qmdd.deploy import save_packed
+    from qmdd.detector import build_detector
+    from qmdd.quant import calibrate
+
+    config = load_config(None, ["model.arch=cnn5", "quant.bits=2", "data.crop_size=32"])
+    torch.manual_seed(0)
+    model = build_detector(config)
+    calibrate(model, [torch.randn(8, 3, 32, 32)])
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "best.pt", config=config, model=model.eval(), threshold=0.5)
+    save_packed(folder / "model.qmdd", model.eval(), config, threshold=0.5)
+    return folder / "best.pt", folder / "model.qmdd"
