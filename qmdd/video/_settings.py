@@ -40,7 +40,7 @@ class VideoSettings:
     num_frames: int = _help("with sampling=random: how many distinct frames (FF++ practice for fake videos: 10)", default=10)
     seed: int = _help("seed of the random frame draw", default=0)
     max_frames: int | None = _help("score at most this many sampled frames (the first ones); null = all", default=None)
-    face_finder: str = _help("OpenCV frontal-face cascade: " + ", ".join(FACE_FINDERS), default="haar_default")
+    face_finder: str = _help("OpenCV frontal-face cascade: " + ", ".join(FACE_FINDERS) + " (alt2: fewest misses and false faces in benchmarks/face_finders.py)", default="haar_alt2")
     scale_factor: float = _help("cascade image-pyramid step, > 1 (smaller finds more faces, slower)", default=1.1)
     min_neighbors: int = _help("cascade: overlapping hits a face needs (higher: fewer false faces)", default=5)
     min_face: int = _help("smallest face side searched, in pixels", default=40)
