@@ -9,6 +9,7 @@ faces: of the 17 shipped photos without a person (two dogs and a cat among them)
 get a face. Time: median milliseconds per 480 x 360 frame, one thread.
 
     python benchmarks/face_finders.py --frames 24 --threads 1
+    python benchmarks/face_finders.py --frames 24 --threads 1 --scale-factor 1.2
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scale-factor", type=float, default=1.1, help="the cascades' pyramid step (qmdd.video's scale_factor)")
     args = parser.parse_args()
     cv2.setNumThreads(args.threads)
     rng = np.random.default_rng(0)
@@ -82,7 +84,7 @@ def main() -> int:
     print("| finder | " + " | ".join(f"{c}: found / IoU" for c in conditions) + " | false faces | ms/frame (plain) |")
     print("|---|" + "---:|" * (len(conditions) + 2))
     for name in FACE_FINDERS:
-        finder = FaceFinder(load_settings(None, [f"face_finder={name}", "margin=0"]))
+        finder = FaceFinder(load_settings(None, [f"face_finder={name}", "margin=0", f"scale_factor={args.scale_factor}"]))
         results = {c: _measure(finder, clips[c], photos if c == "plain" else []) for c in conditions}
         cells = [f"{100 * r['found']:.0f} % / {r['iou']:.2f}" for r in results.values()]
         print(f"| {name} | " + " | ".join(cells) + f" | {results['plain']['false']} / {len(photos)} | {results['plain']['ms']:.1f} |")
