@@ -111,10 +111,9 @@ def group_importance(graph: object, groups: list[ChannelGroup], kind: str) -> li
     criterion = tp.importance.GroupTaylorImportance() if kind == "taylor" else tp.importance.GroupMagnitudeImportance(p=2)
     scores = []
     for group in groups:
-        full = graph.get_pruning_group(group.root, group.handler, list(range(group.size)))
-        score = criterion(full)
-        if score is None:  # Taylor without gradients
+        if kind == "taylor" and any(module.weight.grad is None for module, _ in group.members if not isinstance(module, nn.BatchNorm2d)):
             raise PruneError(f"no importance for group {group.name!r}: Taylor importance needs gradients (accumulate_taylor_gradients)")
+        score = criterion(graph.get_pruning_group(group.root, group.handler, list(range(group.size))))
         scores.append(score.detach().float().cpu())
     return scores
 

@@ -1,0 +1,184 @@
+"""Structured (channel) pruning on the embedded benchmark: accuracy, size and speed.
+
+    python benchmarks/structured_pruning.py --phase accuracy --work /tmp/slim-bench
+    python benchmarks/structured_pruning.py --phase lite0 --work /tmp/slim-bench
+    python benchmarks/structured_pruning.py --phase compare --work /tmp/slim-bench
+    python benchmarks/structured_pruning.py --phase speed --work /tmp/slim-bench
+    python benchmarks/structured_pruning.py --phase tables --work /tmp/slim-bench
+
+Scaled down to fit a shared 2-core CPU (docs/pruning.md says so next to every table):
+the sources are the trained FP32 ``trunc_resnet18`` runs of the default recipe (three
+seeds, trained at ``data.embedded_scale=1``), fine-tuning and testing use the same
+benchmark at ``--scale`` (default 0.25: its first quarter of pairs, the same generator and
+the same disjoint photo splits, so no test photo was seen in training), and each pruning
+step is followed by ``--epochs`` (default 1) of fine-tuning. The 0 % row gets the same
+fine-tuning, so every row has the same budget.
+
+Phases (each skips what its folder already holds, so the command can be repeated):
+
+- ``accuracy``: removed share 0/10/20/30/40 % (global Taylor, one-shot); at 30 %: per-layer
+  scope, magnitude importance, K=5 steps against one-shot with the same 5 epochs, and
+  distillation (alpha 0.25); 0 % and 30 % also from seeds 1 and 2.
+- ``lite0``: ``efficientnet_lite0`` trained from scratch at ``--scale`` (``--lite-epochs``),
+  then pruned 0/20/40 %.
+- ``compare``: on seed 0 at 30 %: unstructured one-shot ticket (``qmdd.lth``, one level),
+  W2A2 LSQ from the FP32 run, and W2A2 LSQ from the 30 % pruned detector (``--qat-epochs``).
+- ``speed``: parameters, MACs, file sizes and CPU latency at batch 1 and 32 of every
+  finished detector, timed in alternation with its unpruned parent (ratio from one run),
+  one thread.
+- ``tables``: the Markdown tables of docs/pruning.md from the JSON files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from cpu_inference import interleaved_latency
+from qmdd.checkpoint import load_checkpoint, stored_config
+from qmdd.config import apply_overrides
+from qmdd.cost import cost_summary
+from qmdd.detector import load_detector
+from qmdd.prune import run_lottery, run_slim
+from qmdd.training import run
+
+SOURCES = "/tmp/grid/runs/seed{seed}/fp32/best.pt"
+# name -> (source seed, slim overrides)
+ACCURACY = {
+    **{f"r{r:02d}": (0, [f"slim.ratio={r / 100}"]) for r in (0, 10, 20, 30, 40)},
+    "r30-layer": (0, ["slim.ratio=0.3", "slim.scope=layer"]),
+    "r30-magnitude": (0, ["slim.ratio=0.3", "slim.importance=magnitude"]),
+    "r30-k5": (0, ["slim.ratio=0.3", "slim.steps=5"]),
+    "r30-oneshot-5ep": (0, ["slim.ratio=0.3", "train.epochs=5"]),
+    "r30-kd": (0, ["slim.ratio=0.3", "slim.distill=true", "train.distill_alpha=0.25"]),
+    **{f"r{r:02d}-seed{s}": (s, [f"slim.ratio={r / 100}"]) for r in (0, 30) for s in (1, 2)},
+}
+
+
+def _base(source: str, args, extra: list[str]):
+    """The source run's config, moved to the benchmark's scale and fine-tuning budget."""
+    config = stored_config(load_checkpoint(source), source)
+    common = [f"data.embedded_scale={args.scale}", f"train.epochs={args.epochs}", "train.init=", "train.teacher=", "train.device=cpu"]
+    return apply_overrides(config, [*common, *extra])
+
+
+def _slim(name: str, source: str, extra: list[str], args) -> dict:
+    out = Path(args.work) / "slim" / name
+    if (out / "slim.json").is_file():
+        return json.loads((out / "slim.json").read_text())
+    config = _base(source, args, [*extra, f"train.out={out}"])
+    return run_slim(config, source)
+
+
+def phase_accuracy(args) -> None:
+    for name, (seed, extra) in ACCURACY.items():
+        _slim(name, SOURCES.format(seed=seed), extra, args)
+
+
+def phase_lite0(args) -> None:
+    work = Path(args.work)
+    source = work / "lite0-fp32" / "best.pt"
+    if not (work / "lite0-fp32" / "metrics.json").is_file():
+        config = apply_overrides(stored_config(load_checkpoint(SOURCES.format(seed=0)), "source"), [
+            "model.arch=efficientnet_lite0", "model.input_filter=highpass", f"data.embedded_scale={args.scale}",
+            f"train.epochs={args.lite_epochs}", "train.init=", "train.teacher=", "train.device=cpu", f"train.out={source.parent}",
+        ])
+        run(config)
+    for ratio in (0, 20, 40):
+        _slim(f"lite0-r{ratio:02d}", str(source), [f"slim.ratio={ratio / 100}"], args)
+
+
+def phase_compare(args) -> None:
+    work, source = Path(args.work), SOURCES.format(seed=0)
+    ticket = work / "ticket-r30"
+    if not (ticket / "summary.json").is_file():
+        run_lottery(_base(source, args, ["prune.levels=1", "prune.fraction=0.3", f"train.init={source}", f"train.out={ticket}"]))
+    qat = ["quant.bits=2", f"train.epochs={args.qat_epochs}"]
+    for name, init, base in (("w2a2", source, source), ("r30-w2a2", str(work / "slim" / "r30" / "pruned.pt"), str(work / "slim" / "r30" / "pruned.pt"))):
+        out = work / name
+        if not (out / "metrics.json").is_file():
+            config = stored_config(load_checkpoint(base), base)
+            run(apply_overrides(config, [f"data.embedded_scale={args.scale}", *qat, f"train.init={init}", "train.teacher=", "train.device=cpu", f"train.out={out}"]))
+
+
+def _file_bytes(payload) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.pt")
+        torch.save(payload, path)
+        return os.path.getsize(path)
+
+
+def _packed_bytes(loaded) -> int:
+    from qmdd.deploy import save_packed
+
+    with tempfile.TemporaryDirectory() as folder:
+        return save_packed(Path(folder) / "model.qmdd", loaded.model, loaded.config, loaded.threshold).file_bytes
+
+
+def _measure(checkpoint: Path, parent: Path, rounds: int) -> dict:
+    """Size and cost of a detector, and its latency against its parent's in one run."""
+    loaded, reference = load_detector(checkpoint), load_detector(parent)
+    size = loaded.config.data.crop_size
+    cost = cost_summary(loaded.model, size)
+    row = {"params": cost["params"], "macs": cost["macs"], "ops": cost["ops"], "state_dict_bytes": _file_bytes(loaded.model.state_dict()), "packed_bytes": _packed_bytes(loaded)}
+    for batch in (1, 32):
+        images = torch.randn(batch, 3, size, size)
+        times = interleaved_latency({"model": loaded.model, "parent": reference.model}, images, rounds * (4 if batch == 1 else 1))
+        row[f"ms_b{batch}"], row[f"speedup_b{batch}"] = 1e3 * times["model"], times["parent"] / times["model"]
+    return row
+
+
+def _detectors(work: Path) -> dict[str, tuple[Path, Path]]:
+    """name -> (checkpoint, unpruned parent to time it against)."""
+    found = {}
+    for folder in sorted((work / "slim").glob("*/pruned.pt")):
+        source = json.loads((folder.parent / "slim.json").read_text())["source"]
+        found[folder.parent.name] = (folder, Path(source))
+    for name in ("w2a2", "r30-w2a2"):
+        if (work / name / "best.pt").is_file():
+            found[name] = (work / name / "best.pt", Path(SOURCES.format(seed=0)))
+    ticket = work / "ticket-r30" / "imp" / "level_01" / "best.pt"
+    if ticket.is_file():
+        found["ticket-r30"] = (ticket, Path(SOURCES.format(seed=0)))
+    return found
+
+
+def phase_speed(args) -> None:
+    torch.set_num_threads(1)
+    path = Path(args.work) / "speed.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    for name, (checkpoint, parent) in _detectors(Path(args.work)).items():
+        if name not in results:
+            results[name] = _measure(checkpoint, parent, args.rounds)
+            path.write_text(json.dumps(results, indent=2))
+            print(name, results[name], flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phase", required=True, choices=("accuracy", "lite0", "compare", "speed", "tables"))
+    parser.add_argument("--work", required=True, help="folder of all runs and results (reused: finished runs are skipped)")
+    parser.add_argument("--scale", type=float, default=0.25, help="embedded benchmark scale of fine-tuning and test")
+    parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruning step")
+    parser.add_argument("--lite-epochs", type=int, default=6, help="epochs of the efficientnet_lite0 FP32 run")
+    parser.add_argument("--qat-epochs", type=int, default=2, help="W2A2 epochs in the comparison")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds at batch 32 (4x at batch 1), best of")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.phase == "tables":
+        from structured_pruning_tables import print_tables
+
+        print_tables(Path(args.work))
+        return 0
+    {"accuracy": phase_accuracy, "lite0": phase_lite0, "compare": phase_compare, "speed": phase_speed}[args.phase](args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
