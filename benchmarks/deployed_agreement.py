@@ -1,26 +1,35 @@
-"""A trained low-bit detector against its int8 CPU deployment: agreement, AP and speed.
+"""A trained low-bit detector against its deployed forms: agreement, AP, file size and speed.
 
     python benchmarks/deployed_agreement.py --checkpoint runs/<run>/best.pt
-    python benchmarks/deployed_agreement.py --checkpoint runs/<run>/best.pt --json out.json
+    python benchmarks/deployed_agreement.py --checkpoint runs/<run>/best.pt --threads 1 --json out.json
+
+Deployed forms (any quantizer family, plain or CQB blocks):
+
+- ``int8``: ``qmdd.deploy.to_int8`` of the model (PyTorch's x86 int8 backend);
+- ``onnx``: ``qmdd.deploy.export_onnx`` of it, run by ONNX Runtime on the CPU;
+- ``packed``: the ``.qmdd`` file written and loaded back (its outputs are checked equal to
+  the fake-quant model's, and it is not scored again).
 
 On every test set of the checkpoint's own data (the embedded benchmark unless
-``data.root`` names another), it scores each image with the fake-quant model (the
-reference) and with ``qmdd.deploy.to_int8`` of it, and reports per set and overall:
+``data.root`` names another), each image is scored by the fake-quant model (the reference)
+and by each deployed form; per set and overall the script reports the share of equal
+labels at 0.5 and at the checkpoint's validation threshold, the largest difference of the
+fake probabilities, and the AP of each form.
 
-- equal labels at 0.5 and at the checkpoint's validation threshold (share of images);
-- the largest difference of the fake probabilities;
-- the AP of each form.
-
-Then it times FP32 eager PyTorch (the same architecture in full precision; speed does not
-depend on the weights) against the int8 model at batch 1 and 32, in alternation, best of
-``--reps`` rounds, and gives the speedup as a ratio from that one run.
+Sizes: the ``.qmdd`` and ``.onnx`` files against ``torch.save`` of the FP32 state dict of
+the same architecture. Speed: FP32 eager PyTorch (the same architecture in full precision;
+speed does not depend on the weights), the int8 model and ONNX Runtime at batch 1 and 32,
+timed in alternation, best of ``--reps`` rounds; ratios from that one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -28,9 +37,9 @@ import torch
 
 from cpu_inference import interleaved_latency
 from qmdd.data import build_training_data
-from qmdd.deploy import calibration_images, to_int8
-from qmdd.metrics import accuracy_at, average_precision
+from qmdd.deploy import calibration_images, export_onnx, load_packed, open_deployed, save_packed, to_int8
 from qmdd.detector import build_detector, load_detector
+from qmdd.metrics import average_precision
 
 
 def _scores(model: torch.nn.Module, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,60 +53,110 @@ def _scores(model: torch.nn.Module, dataset, batch_size: int) -> tuple[np.ndarra
     return np.concatenate(labels), np.concatenate(scores)
 
 
+def _agreement(reference: np.ndarray, deployed: np.ndarray, threshold: float) -> dict[str, float]:
+    return {
+        "equal_labels_05": float(np.mean((reference > 0.5) == (deployed > 0.5))),
+        "equal_labels_thr": float(np.mean((reference > threshold) == (deployed > threshold))),
+        "max_prob_diff": float(np.abs(reference - deployed).max()),
+    }
+
+
+def _files(detector, folder: str, calibration) -> tuple[dict[str, int], torch.nn.Module, float]:
+    """Write the packed and ONNX files; return their sizes, the ONNX model and the largest
+    output difference of the loaded packed model from the fake-quant model."""
+    config = detector.config
+    packed, onnx_path, fp32 = (os.path.join(folder, name) for name in ("model.qmdd", "model.onnx", "fp32.pt"))
+    save_packed(packed, detector.model, config, detector.threshold)
+    export_onnx(onnx_path, detector.model, config, calibration, detector.threshold)
+    fp32_model = build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False)
+    torch.save(fp32_model.state_dict(), fp32)
+    probe = calibration[0]
+    with torch.inference_mode():
+        packed_diff = float((load_packed(packed).model(probe) - detector.model(probe)).abs().max())
+    sizes = {name: os.path.getsize(path) for name, path in (("fp32_state_dict", fp32), ("qmdd", packed), ("onnx", onnx_path))}
+    return sizes, open_deployed(onnx_path, threads=torch.get_num_threads()).model, packed_diff
+
+
+def _score_all(detector, engines: dict[str, torch.nn.Module], batch_size: int) -> tuple[list[dict], dict]:
+    config = detector.config
+    data = build_training_data(config.data, seed=config.train.seed)
+    rows, pooled = [], {name: [] for name in ("fake_quant", *engines)}
+    for name, dataset in data.test.items():
+        labels, reference = _scores(detector.model, dataset, batch_size)
+        row = {"set": name, "images": len(labels), "ap_fake_quant": average_precision(labels, reference)}
+        pooled["fake_quant"].append(reference)
+        for engine, model in engines.items():
+            _, scores = _scores(model, dataset, batch_size)
+            pooled[engine].append(scores)
+            row[engine] = {**_agreement(reference, scores, detector.threshold), "ap": average_precision(labels, scores)}
+        rows.append(row)
+    reference = np.concatenate(pooled["fake_quant"])
+    overall = {"images": int(reference.size), "mean_ap_fake_quant": float(np.mean([r["ap_fake_quant"] for r in rows]))}
+    for engine in engines:
+        overall[engine] = {**_agreement(reference, np.concatenate(pooled[engine]), detector.threshold), "mean_ap": float(np.mean([r[engine]["ap"] for r in rows]))}
+    return rows, overall
+
+
+def _timing(config, engines: dict[str, torch.nn.Module], reps: int) -> dict[str, dict[str, float]]:
+    timed = {"fp32": build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False).eval(), **engines}
+    size = config.data.crop_size
+    timing = {}
+    for batch_size in (1, 32):
+        batch = torch.randn(batch_size, 3, size, size)
+        seconds = interleaved_latency(timed, batch, reps if batch_size > 1 else 4 * reps)
+        timing[f"b{batch_size}"] = {f"{name}_ms": 1000 * s for name, s in seconds.items()}
+        timing[f"b{batch_size}"].update({f"{name}_speedup": seconds["fp32"] / s for name, s in seconds.items() if name != "fp32"})
+    return timing
+
+
+def _print(result: dict) -> None:
+    print(f"{result['arch']} {result['quant']} ({result['quantizer']}, {result['block']}), threshold {result['threshold']:.3f}, {result['input_size']} px")
+    sizes = result["sizes"]
+    print(f"files: FP32 state_dict {sizes['fp32_state_dict'] / 1e6:.2f} MB, .qmdd {sizes['qmdd'] / 1e6:.2f} MB ({sizes['fp32_state_dict'] / sizes['qmdd']:.2f}x), "
+          f".onnx {sizes['onnx'] / 1e6:.2f} MB ({sizes['fp32_state_dict'] / sizes['onnx']:.2f}x); packed max |Δlogit| {result['packed_max_logit_diff']:.2e}")
+    print("| set | images | AP fake-quant | int8: equal @0.5 / @thr, max Δp, AP | onnx: equal @0.5 / @thr, max Δp, AP |")
+    print("|---|---|---|---|---|")
+    for r in [*result["sets"], {"set": "all", **result["overall"], "ap_fake_quant": result["overall"]["mean_ap_fake_quant"]}]:
+        cells = []
+        for engine in ("int8", "onnx"):
+            e = r[engine]
+            cells.append(f"{100 * e['equal_labels_05']:.2f}% / {100 * e['equal_labels_thr']:.2f}%, {e['max_prob_diff']:.3f}, {100 * e.get('ap', e.get('mean_ap')):.2f}")
+        print(f"| {r['set']} | {r['images']} | {100 * r['ap_fake_quant']:.2f} | {cells[0]} | {cells[1]} |")
+    for key, t in result["timing"].items():
+        print(f"latency {key}: FP32 {t['fp32_ms']:.2f} ms, int8 {t['int8_ms']:.2f} ms ({t['int8_speedup']:.2f}x), ONNX Runtime {t['onnx_ms']:.2f} ms ({t['onnx_speedup']:.2f}x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a trained low-bit checkpoint (best.pt)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--reps", type=int, default=10, help="timed rounds at batch 32 (4x at batch 1); best of")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     detector = load_detector(args.checkpoint)
     config = detector.config
-    int8 = to_int8(detector.model, calibration_images(config.data))
-    data = build_training_data(config.data, seed=config.train.seed)
-    rows, all_ref, all_fast, all_labels = [], [], [], []
-    for name, dataset in data.test.items():
-        labels, reference = _scores(detector.model, dataset, args.batch_size)
-        _, fast = _scores(int8, dataset, args.batch_size)
-        all_ref.append(reference)
-        all_fast.append(fast)
-        all_labels.append(labels)
-        rows.append({
-            "set": name,
-            "images": len(labels),
-            "equal_labels_05": float(np.mean((reference > 0.5) == (fast > 0.5))),
-            "equal_labels_thr": float(np.mean((reference > detector.threshold) == (fast > detector.threshold))),
-            "max_prob_diff": float(np.abs(reference - fast).max()),
-            "ap_fake_quant": average_precision(labels, reference),
-            "ap_int8": average_precision(labels, fast),
-            "acc_fake_quant": accuracy_at(labels, reference),
-            "acc_int8": accuracy_at(labels, fast),
-        })
-    reference, fast = np.concatenate(all_ref), np.concatenate(all_fast)
-    overall = {
-        "images": int(reference.size),
-        "equal_labels_05": float(np.mean((reference > 0.5) == (fast > 0.5))),
-        "equal_labels_thr": float(np.mean((reference > detector.threshold) == (fast > detector.threshold))),
-        "max_prob_diff": float(np.abs(reference - fast).max()),
-        "mean_ap_fake_quant": float(np.mean([r["ap_fake_quant"] for r in rows])),
-        "mean_ap_int8": float(np.mean([r["ap_int8"] for r in rows])),
-    }
-    engines = {"fp32": build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False).eval(), "int8": int8}
-    size = config.data.crop_size
-    timing = {}
-    for batch_size in (1, 32):
-        batch = torch.randn(batch_size, 3, size, size)
-        seconds = interleaved_latency(engines, batch, args.reps if batch_size > 1 else 4 * args.reps)
-        timing[f"b{batch_size}"] = {"fp32_ms": 1000 * seconds["fp32"], "int8_ms": 1000 * seconds["int8"], "speedup": seconds["fp32"] / seconds["int8"]}
+    calibration = calibration_images(config.data)
+    with tempfile.TemporaryDirectory() as folder:
+        sizes, onnx_model, packed_diff = _files(detector, folder, calibration)
+        engines = {"int8": to_int8(detector.model, calibration), "onnx": onnx_model}
+        rows, overall = _score_all(detector, engines, args.batch_size)
+        timing = _timing(config, engines, args.reps)
     result = {
         "checkpoint": args.checkpoint,
         "arch": config.model.arch,
         "quant": config.quant.tag,
         "quantizer": config.quant.quantizer,
+        "block": config.quant.block,
         "threshold": detector.threshold,
-        "input_size": size,
+        "input_size": config.data.crop_size,
         "threads": torch.get_num_threads(),
+        "sizes": sizes,
+        "packed_max_logit_diff": packed_diff,
         "sets": rows,
         "overall": overall,
         "timing": timing,
@@ -106,15 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)
-    print(f"{config.model.arch} {config.quant.tag} ({config.quant.quantizer}), threshold {detector.threshold:.3f}, {size} px")
-    print("| set | images | equal labels @0.5 | @val-thr | max Δp | AP fake-quant | AP int8 |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['set']} | {r['images']} | {100 * r['equal_labels_05']:.2f}% | {100 * r['equal_labels_thr']:.2f}% | {r['max_prob_diff']:.4f} | {100 * r['ap_fake_quant']:.2f} | {100 * r['ap_int8']:.2f} |")
-    o = overall
-    print(f"| all | {o['images']} | {100 * o['equal_labels_05']:.2f}% | {100 * o['equal_labels_thr']:.2f}% | {o['max_prob_diff']:.4f} | {100 * o['mean_ap_fake_quant']:.2f} (mean) | {100 * o['mean_ap_int8']:.2f} (mean) |")
-    for key, t in timing.items():
-        print(f"latency {key}: FP32 eager {t['fp32_ms']:.2f} ms, int8 {t['int8_ms']:.2f} ms -> {t['speedup']:.2f}x")
+    _print(result)
     return 0
 
 

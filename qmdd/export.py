@@ -1,14 +1,20 @@
-"""Export a trained detector as a QMDD packed model (``.qmdd``): low-bit weights as packed integers.
+"""Export a trained detector as a QMDD packed model (``.qmdd``) or an ONNX model (``.onnx``).
 
 Examples::
 
     python -m qmdd.export --checkpoint runs/<run>/best.pt --out model.qmdd
-    python -m qmdd.predict --model model.qmdd photo.jpg          # then run it
+    python -m qmdd.export --checkpoint runs/<run>/best.pt --out model.onnx --format onnx
+    python -m qmdd.predict --model model.qmdd photo.jpg          # then run either
+    python -m qmdd.predict --model model.onnx photo.jpg
 
-The file stores each quantized weight as its b-bit LSQ code (2 bits: 4 per byte; 3 bits:
-a bitstream at exactly 3 bits per weight) with its per-channel steps, every other tensor as
-little-endian float32, and the resolved config; it loads back (``qmdd.deploy.load_packed``)
-into a model whose outputs equal the checkpoint's. Layout: docs/deployment.md.
+``qmdd`` (default): each quantized weight as its b-bit integer code (2 bits: 4 per byte;
+3 bits: a bitstream at exactly 3 bits per weight) with its per-channel scales, for every
+quantizer family (LSQ, N2UQ, SLR), every other tensor as little-endian float32, and the
+resolved config; it loads back (``qmdd.deploy.load_packed``) into a model whose outputs
+equal the checkpoint's. ``onnx``: the int8 model as a QDQ ONNX graph (int8 weights,
+QuantizeLinear/DequantizeLinear around the integer ops, the input filter included) with
+the config and decision threshold as metadata, for ONNX Runtime; needs the ``onnx`` extra
+(``pip install 'qmdd[onnx]'``). Layout and measurements: docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import argparse
 import os
 import sys
 import tempfile
+import warnings
 from typing import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -30,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, help="a qmdd checkpoint (.pt), e.g. runs/<run>/best.pt")
-    parser.add_argument("--out", required=True, help="output file, conventionally ending in .qmdd")
+    parser.add_argument("--out", required=True, help="output file, conventionally ending in .qmdd (or .onnx with --format onnx)")
+    parser.add_argument("--format", choices=("qmdd", "onnx"), default="qmdd", help="qmdd: the packed model (default); onnx: a QDQ ONNX model for ONNX Runtime")
     return parser
 
 
@@ -46,27 +54,45 @@ def fp32_state_dict_bytes(arch: str, input_filter: str | None = None) -> int:
         return os.path.getsize(path)
 
 
+def _write(args: argparse.Namespace):
+    """Load the checkpoint and write the chosen format: ``(loaded detector, stats)``."""
+    from qmdd.deploy import calibration_images, export_onnx, save_packed
+    from qmdd.detector import load_detector
+    from qmdd.utils import writable_file
+
+    writable_file(args.out)
+    loaded = load_detector(args.checkpoint)
+    if args.format == "onnx":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation of quantized tensors
+            return loaded, export_onnx(args.out, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold)
+    return loaded, save_packed(args.out, loaded.model, loaded.config, threshold=loaded.threshold)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from qmdd.deploy import FILE_SUFFIX, PackedFormatError, save_packed
     from qmdd.checkpoint import CheckpointError
-    from qmdd.detector import load_detector
-    from qmdd.utils import OutputPathError, writable_file
+    from qmdd.deploy import FILE_SUFFIX, Int8ConversionError, OnnxFormatError, PackedFormatError
+    from qmdd.utils import OutputPathError
 
     try:
-        writable_file(args.out)
-        loaded = load_detector(args.checkpoint)
-        model, config = loaded.model, loaded.config
-        stats = save_packed(args.out, model, config, threshold=loaded.threshold)
-    except (CheckpointError, PackedFormatError, OutputPathError) as error:
+        loaded, stats = _write(args)
+    except (CheckpointError, PackedFormatError, OnnxFormatError, Int8ConversionError, OutputPathError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # the disk filled while writing: the atomic write left nothing behind
         print(f"error: cannot write {args.out}: {error.strerror or error}", file=sys.stderr)
         return 1
-    if not args.out.endswith(FILE_SUFFIX):
-        print(f"note: {args.out} does not end in {FILE_SUFFIX}", file=sys.stderr)
+    config = loaded.config
+    suffix = ".onnx" if args.format == "onnx" else FILE_SUFFIX
+    if not args.out.endswith(suffix):
+        print(f"note: {args.out} does not end in {suffix}", file=sys.stderr)
     fp32 = fp32_state_dict_bytes(config.model.arch, config.model.input_filter)
+    if args.format == "onnx":
+        print(f"wrote {args.out}: {stats.file_bytes / 1e6:.3f} MB ONNX, opset {stats.opset} ({config.model.arch} {config.quant.tag}, decision threshold {loaded.threshold:.3f})")
+        print(f"  {stats.operators.get('QuantizeLinear', 0)} QuantizeLinear, {stats.operators.get('DequantizeLinear', 0)} DequantizeLinear, {stats.operators.get('Conv', 0)} Conv")
+        print(f"FP32 state_dict file: {fp32 / 1e6:.3f} MB -> {fp32 / stats.file_bytes:.2f}x smaller")
+        return 0
     print(f"wrote {args.out}: {stats.file_bytes / 1e6:.3f} MB ({config.model.arch} {config.quant.tag}, decision threshold {loaded.threshold:.3f})")
     for encoding, size in sorted(stats.bytes_by_encoding.items()):
         print(f"  {encoding:<18}{size / 1e6:10.3f} MB")

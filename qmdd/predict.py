@@ -5,6 +5,7 @@ Examples::
     python -m qmdd.predict --model model.qmdd photo.jpg other.png
     python -m qmdd.predict --model model.qmdd some/folder --batch-size 32
     python -m qmdd.predict --model model.qmdd photo.jpg --engine fake-quant   # exact reference
+    python -m qmdd.predict --model model.onnx photo.jpg                       # ONNX Runtime
 
 Output: one ``<probability>\\t<verdict>\\t<path>`` line per image, in the order given
 (folders: sorted, recursive): the probability that it is fake (the sigmoid of the logit)
@@ -18,9 +19,11 @@ line, as ``nan\\tunreadable\\t<path>``, with the reason on standard error; the o
 images are still scored. Exit status: 0 when every image was scored, 1 when any was
 unreadable (or the model could not be loaded), 2 for bad arguments.
 
-Engines: ``int8`` (default) converts the low-bit model to PyTorch's x86 int8 backend, with
-the LSQ codes as int8 weights and the LSQ steps as activation scales (see
-docs/deployment.md); ``fake-quant`` runs the float fake-quant model (exact, slower).
+Engines: ``int8`` (default for ``.qmdd`` files and checkpoints) converts the low-bit model
+to PyTorch's x86 int8 backend, with the weight codes as int8 weights and the input
+quantizers' grids as activation scales (see docs/deployment.md); ``fake-quant`` runs the
+float fake-quant model (exact, slower); ``onnxruntime`` (the only engine, and the default,
+for ``.onnx`` files from ``python -m qmdd.export --format onnx``) runs ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -41,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="a QMDD packed model (.qmdd) from python -m qmdd.export")
+    parser.add_argument("--model", required=True, help="a QMDD packed model (.qmdd) or ONNX model (.onnx) from python -m qmdd.export, or a checkpoint (.pt)")
     parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--engine", choices=("int8", "fake-quant"), default="int8", help="int8 (fast, default) or fake-quant (exact reference)")
+    parser.add_argument("--engine", choices=("int8", "fake-quant", "onnxruntime"), help="int8 (fast; default for .qmdd and .pt), fake-quant (exact reference) or onnxruntime (default and only engine for .onnx)")
     parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
     parser.add_argument("--threshold", type=float, help="call an image fake when its probability is above this (default: the threshold stored in the file, fitted on validation)")
@@ -117,20 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     import torch
 
+    from qmdd.checkpoint import CheckpointError
     from qmdd.data import DetectorTransform
-    from qmdd.deploy import Int8ConversionError, PackedFormatError, calibration_images, load_packed, to_int8
+    from qmdd.deploy import Int8ConversionError, OnnxFormatError, PackedFormatError, open_deployed
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        loaded = load_packed(args.model)
-        model, config = loaded.model, loaded.config
-        threshold = loaded.threshold if args.threshold is None else args.threshold
-        if args.engine == "int8":
-            model = to_int8(model, calibration_images(config.data))
-    except (PackedFormatError, Int8ConversionError) as error:
+        loaded = open_deployed(args.model, args.engine, args.threads)
+    except (PackedFormatError, OnnxFormatError, Int8ConversionError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    model, config = loaded.model, loaded.config
+    threshold = loaded.threshold if args.threshold is None else args.threshold
     images = collect_images(args.images)
     if not images:
         print("error: no images found in " + ", ".join(args.images), file=sys.stderr)

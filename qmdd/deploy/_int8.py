@@ -45,7 +45,7 @@ from qmdd.config import FULL_PRECISION
 from qmdd.models import FILTERS, InputFilter
 from qmdd.quant import LevelTable, QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers
 
-__all__ = ["LSQInput", "LevelInput", "Int8LSQInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images", "int8_weight_codes"]
+__all__ = ["LSQInput", "LevelInput", "Int8LSQInput", "Int8LevelInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images", "int8_weight_codes"]
 
 #: The x86 backend's activation dtype is unsigned 8-bit; signed LSQ grids sit around 128.
 _SIGNED_ZERO_POINT = 128
@@ -293,21 +293,24 @@ class Int8Model(nn.Module):
             return self.graph(x)
 
 
-def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor]) -> Int8Model:
+def to_int8(model: nn.Module, calibration_batches: Iterable[torch.Tensor], level_lookup: bool = True) -> Int8Model:
     """Convert a calibrated fake-quant ``model`` to an int8 model for the x86 CPU backend.
 
     ``calibration_batches``: a few image batches (input size of deployment) from which the
     8-bit ranges of the tensors between layers are measured. Returns an :class:`Int8Model`
-    in eval mode that maps images to logits like ``model``.
+    in eval mode that maps images to logits like ``model``. ``level_lookup``: run
+    non-uniform input quantizers as 256-entry tables on the int8 codes
+    (:class:`Int8LevelInput`, fast); False keeps them as float ops between a dequantize
+    and a quantize (what the ONNX export writes).
     """
     batches = list(calibration_batches)
     if not batches:
         raise ValueError("to_int8 needs at least one calibration batch")
     with _quantized_engine(_ENGINE):
-        return Int8Model(_convert(model, batches)).eval()
+        return Int8Model(_convert(model, batches, level_lookup)).eval()
 
 
-def _convert(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
+def _convert(model: nn.Module, batches: list[torch.Tensor], level_lookup: bool = True) -> nn.Module:
     float_model, codes, float_layers = lowbit_float_model(model)
     activation = MinMaxObserver.with_args(reduce_range=False)
     default = QConfig(activation=activation, weight=torch.ao.quantization.default_per_channel_weight_observer)
@@ -330,7 +333,78 @@ def _convert(model: nn.Module, batches: list[torch.Tensor]) -> nn.Module:
             prepared(batch)
     converted = convert_fx(prepared, backend_config=backend)
     _lower_lsq_inputs(converted)
+    if level_lookup:
+        _lower_level_inputs(converted)
     return converted
+
+
+class Int8LevelInput(nn.Module):
+    """:class:`LevelInput` on an int8 tensor: a 256-entry table from the input's codes to
+    the level codes, so the step function never leaves the integer domain.
+
+    The table depends on the input's scale and zero point, which the graph fixes; it is
+    built on first use for each pair and kept. Every int8 input value is mapped exactly
+    as :class:`LevelInput` maps its dequantized value.
+    """
+
+    def __init__(self, level: LevelInput) -> None:
+        super().__init__()
+        self.step, self.zero_point = level.step, level.zero_point
+        self.register_buffer("thresholds", level.thresholds.clone())
+        self.register_buffer("levels", level.levels.clone())
+        self._tables: dict[tuple[float, int], torch.Tensor] = {}
+
+    def _table(self, scale: float, zero_point: int) -> torch.Tensor:
+        key = (scale, zero_point)
+        if key not in self._tables:
+            inputs = (torch.arange(256, dtype=torch.float32) - zero_point) * scale  # what dequantize gives
+            levels = self.levels[torch.bucketize(inputs, self.thresholds, right=True)]
+            codes = torch.round(levels / self.step) + self.zero_point
+            self._tables[key] = codes.clamp(0, 255).to(torch.uint8)
+        return self._tables[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = self._table(float(x.q_scale()), int(x.q_zero_point()))
+        codes = torch.index_select(table, 0, x.int_repr().reshape(-1).to(torch.int32)).view(x.shape)
+        return torch._make_per_tensor_quantized_tensor(codes, self.step, self.zero_point)
+
+
+def _lower_level_inputs(graph_module) -> None:
+    """Replace ``dequantize -> LevelInput -> quantize`` by :class:`Int8LevelInput`, and give
+    a producer that feeds only such tables of one unsigned grid the 8-bit range
+    ``[0, last threshold]`` when that is finer than its calibrated one: inputs above it
+    all take the top level, so the 256 input codes then resolve the thresholds as finely
+    as 8 bits can."""
+    graph = graph_module.graph
+    by_source: dict = {}
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(graph_module.get_submodule(node.target), LevelInput):
+            continue
+        dequant, users = node.args[0], list(node.users)
+        if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
+            continue  # left as a float op: still correct, only slower
+        level, producer = graph_module.get_submodule(node.target), dequant.args[0]
+        name = f"{node.target.replace('.', '_')}_int8"
+        graph_module.add_submodule(name, Int8LevelInput(level))
+        with graph.inserting_before(users[0]):
+            replacement = graph.call_module(name, (producer,))
+        users[0].replace_all_uses_with(replacement)
+        graph.erase_node(users[0])
+        graph.erase_node(node)
+        if not dequant.users:
+            graph.erase_node(dequant)
+        by_source.setdefault(_qparams_source(graph_module, producer), []).append((replacement, level))
+    for source, consumers in by_source.items():
+        tables = {tuple(level.thresholds.tolist()) for _, level in consumers}
+        thresholds = consumers[0][1].thresholds
+        only_tables = all(user in {node for node, _ in consumers} for user in source.users)
+        scale, current = float(thresholds[-1]) / 254.5, _current_scale(graph_module, source)
+        if only_tables and len(tables) == 1 and float(thresholds[0]) > 0 and current is not None and scale < current:
+            _set_output_qparams(graph_module, source, scale, 0)
+    graph.eliminate_dead_code()
+    graph.lint()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()
 
 
 class Int8LSQInput(nn.Module):

@@ -1,0 +1,285 @@
+"""ONNX export of the int8 model: a QDQ graph that ONNX Runtime runs on integer kernels.
+
+The int8 model of :func:`qmdd.deploy.to_int8` (low-bit codes as int8 weights, the
+quantizers' grids as activation scales) is written in the operator set's QDQ form
+(ONNX, "Quantization in ONNX Runtime", QDQ format): every quantized tensor is a
+``QuantizeLinear -> DequantizeLinear`` pair around the float operator that consumes it,
+and every low-bit weight is an int8 initializer behind a per-channel ``DequantizeLinear``.
+ONNX Runtime's graph optimizer fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` into
+an integer convolution (``QLinearConv``); the input filter and the full-precision first
+conv and classifier stay float operators, as in the int8 model. Non-uniform input grids
+(:class:`~qmdd.deploy.LevelInput`) become one comparison per threshold and a ``Gather``
+of the levels.
+
+Weights are stored as INT8: the integer type of ``QuantizeLinear``/``DequantizeLinear``
+that ONNX Runtime's CPU provider fuses into integer convolutions (INT4 initializers, legal
+from opset 21, are dequantized to float by it instead; docs/deployment.md). The file
+carries the run config and the decision threshold as metadata (``qmdd.config``,
+``qmdd.threshold``), so one file is a whole detector.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+import qmdd
+from qmdd.config import ConfigError, RunConfig, config_from_dict, config_to_dict
+from qmdd.deploy._int8 import _ENGINE, _quantized_engine, to_int8
+from qmdd.detector import LoadedDetector, resolve_model_defaults, validate_config
+from qmdd.metrics import DEFAULT_THRESHOLD
+from qmdd.utils import atomic_write
+
+__all__ = ["ONNX_OPSET", "OnnxFormatError", "OnnxModel", "OnnxStats", "export_onnx", "load_onnx"]
+
+#: The operator set written: 13 is the first with per-channel ``DequantizeLinear`` (axis).
+ONNX_OPSET = 13
+_FORMAT_KEY = "qmdd.format"
+_FORMAT_VALUE = "qmdd-onnx-detector"
+_CONFIG_KEY = "qmdd.config"
+_THRESHOLD_KEY = "qmdd.threshold"
+_VERSION_KEY = "qmdd.version"
+#: Largest ONNX file the reader opens: protobuf's own limit is 2 GiB; a registered backbone's
+#: int8 file is under 30 MB (ResNet-50).
+_MAX_FILE_BYTES = 2**30
+_INPUT, _OUTPUT = "image", "logit"
+_INSTALL_HINT = "ONNX support needs the onnx extra: pip install 'qmdd[onnx]'"
+
+
+class OnnxFormatError(ValueError):
+    """An ONNX file that qmdd cannot read or run (corrupt, truncated, not a qmdd detector)."""
+
+
+@dataclass(frozen=True)
+class OnnxStats:
+    """What an ONNX export wrote: its size, the operators by type, and the opset."""
+
+    path: Path
+    file_bytes: int
+    opset: int
+    operators: dict[str, int]
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise OnnxFormatError(_INSTALL_HINT) from None
+    return onnx
+
+
+def _quantized_batch_norm(g, x, weight, bias, mean, var, eps, scale, zero_point):
+    """ONNX form of ``quantized::batch_norm2d`` (a BatchNorm after a full-precision conv,
+    e.g. a CQB block's downsample), which the exporter lacks: dequantize, the float
+    ``BatchNormalization``, quantize at the op's output qparams."""
+    from torch.onnx import symbolic_helper
+
+    x, _, _, _ = symbolic_helper.dequantize_helper(g, x)
+    out = g.op("BatchNormalization", x, weight, bias, mean, var, epsilon_f=symbolic_helper._maybe_get_const(eps, "f"))
+    return symbolic_helper.quantize_helper(g, out, scale, zero_point)
+
+
+def _trace_to_onnx(int8_model: nn.Module, example: torch.Tensor) -> bytes:
+    """The int8 graph through the TorchScript exporter, which writes PyTorch's quantized
+    ops (``quantized::conv2d``, ``quantized::add_relu``, ...) as QDQ patterns."""
+    buffer = io.BytesIO()
+    torch.onnx.register_custom_op_symbolic("quantized::batch_norm2d", _quantized_batch_norm, ONNX_OPSET)
+    with warnings.catch_warnings(), _quantized_engine(_ENGINE), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's and torch.ao's deprecation notes
+        torch.onnx.export(
+            int8_model.graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=[_INPUT],
+            output_names=[_OUTPUT],
+            dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def _constant_dtypes(graph) -> dict[str, int]:
+    """Element type of every initializer and ``Constant`` output, by name."""
+    types = {init.name: init.data_type for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type:
+            types[node.output[0]] = node.attribute[0].t.data_type
+    return types
+
+
+def _drop_redundant_casts(graph) -> int:
+    """Remove ``Cast`` nodes that convert a ``QuantizeLinear`` output to the type it already
+    has (the exporter writes one after every quantize): they would hide the QDQ pairs
+    from ONNX Runtime's fusion. Returns how many were removed."""
+    types = _constant_dtypes(graph)
+    quantized = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) == 3 and node.input[2] in types:
+            quantized[node.output[0]] = types[node.input[2]]
+    renamed: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        target = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and quantized.get(node.input[0]) == target and node.output[0] not in {o.name for o in graph.output}:
+            renamed[node.output[0]] = node.input[0]
+            continue
+        kept.append(node)
+    for node in kept:
+        for index, name in enumerate(node.input):
+            if name in renamed:
+                node.input[index] = renamed[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(renamed)
+
+
+def export_onnx(
+    path: str | Path,
+    model: nn.Module,
+    config: RunConfig,
+    calibration_batches: Iterable[torch.Tensor],
+    threshold: float = DEFAULT_THRESHOLD,
+) -> OnnxStats:
+    """Write a calibrated fake-quant ``model`` as a QDQ ONNX detector, atomically.
+
+    ``calibration_batches`` set the 8-bit ranges of the int8 model (as for
+    :func:`qmdd.deploy.to_int8`); the first batch is the traced example, whose height and
+    width the file then expects (the batch size is free). The written model is checked
+    with ``onnx.checker`` and must load in ONNX Runtime before the file is replaced.
+    """
+    onnx = _onnx()
+    if not 0.0 <= threshold <= 1.0:
+        raise OnnxFormatError(f"threshold {threshold} is not a probability in [0, 1]")
+    batches = list(calibration_batches)
+    int8_model = to_int8(model, batches, level_lookup=False)
+    proto = onnx.load_from_string(_trace_to_onnx(int8_model, batches[0][:1]))
+    _drop_redundant_casts(proto.graph)
+    metadata = {
+        _FORMAT_KEY: _FORMAT_VALUE,
+        _VERSION_KEY: qmdd.__version__,
+        _CONFIG_KEY: json.dumps(config_to_dict(config)),
+        _THRESHOLD_KEY: repr(float(threshold)),
+    }
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "qmdd"
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    _session(data, Path(path))  # ONNX Runtime must accept it before the file is replaced
+
+    def write(tmp: Path) -> None:
+        tmp.write_bytes(data)
+
+    atomic_write(path, write)
+    operators: dict[str, int] = {}
+    for node in proto.graph.node:
+        operators[node.op_type] = operators.get(node.op_type, 0) + 1
+    return OnnxStats(Path(path), len(data), ONNX_OPSET, operators)
+
+
+def _session(data: bytes, path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session for the serialized model ``data``."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxFormatError(_INSTALL_HINT) from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only; a failure is reported below in one sentence
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind11 types
+        raise OnnxFormatError(f"{path}: ONNX Runtime cannot run it: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__
+
+
+class OnnxModel(nn.Module):
+    """An ONNX Runtime session as a module: images (N, 3, H, W) in, logits (N, 1) out."""
+
+    def __init__(self, session) -> None:
+        super().__init__()
+        self.session = session
+        shape = session.get_inputs()[0].shape
+        self.input_size = tuple(shape[2:]) if len(shape) == 4 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.session.run([_OUTPUT], {_INPUT: x.detach().to(torch.float32).contiguous().cpu().numpy()})
+        return torch.from_numpy(logits)
+
+
+def _read_model(path: Path):
+    """The parsed and checked ONNX model, or :class:`OnnxFormatError` naming the file."""
+    onnx = _onnx()
+    if not path.is_file():
+        raise OnnxFormatError(f"{path} does not exist")
+    size = path.stat().st_size
+    if size > _MAX_FILE_BYTES:
+        raise OnnxFormatError(f"{path}: {size} bytes is more than the {_MAX_FILE_BYTES}-byte limit for an ONNX detector")
+    data = path.read_bytes()
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and its relatives
+        raise OnnxFormatError(f"{path}: not a readable ONNX model (corrupt or truncated): {_first_line(error)}") from None
+    try:
+        onnx.checker.check_model(proto)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise OnnxFormatError(f"{path}: not a valid ONNX model: {_first_line(error)}") from None
+    return proto, data
+
+
+def _metadata(path: Path, proto) -> tuple[RunConfig, float]:
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    if meta.get(_FORMAT_KEY) != _FORMAT_VALUE or _CONFIG_KEY not in meta:
+        raise OnnxFormatError(f"{path}: an ONNX model, but not a qmdd detector (no {_CONFIG_KEY!r} metadata; export it with python -m qmdd.export --format onnx)")
+    try:
+        config = validate_config(config_from_dict(json.loads(meta[_CONFIG_KEY])))
+    except (ValueError, ConfigError) as error:
+        raise OnnxFormatError(f"{path}: invalid {_CONFIG_KEY!r} metadata: {error}") from None
+    try:
+        threshold = float(meta.get(_THRESHOLD_KEY, DEFAULT_THRESHOLD))
+    except ValueError:
+        threshold = -1.0
+    if not 0.0 <= threshold <= 1.0:
+        raise OnnxFormatError(f"{path}: {_THRESHOLD_KEY!r} metadata must be a probability in [0, 1], got {meta.get(_THRESHOLD_KEY)!r}")
+    return resolve_model_defaults(config), threshold
+
+
+def _check_signature(path: Path, session, config: RunConfig) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    names = ([i.name for i in inputs], [o.name for o in outputs])
+    if names != ([_INPUT], [_OUTPUT]):
+        raise OnnxFormatError(f"{path}: expected one input {_INPUT!r} and one output {_OUTPUT!r}, got {names[0]} and {names[1]}")
+    shape = inputs[0].shape
+    crop = config.data.crop_size
+    if len(shape) != 4 or list(shape[1:]) != [3, crop, crop]:
+        raise OnnxFormatError(f"{path}: input shape {shape} does not match the config's 3 x {crop} x {crop} images")
+
+
+def load_onnx(path: str | Path, threads: int | None = None) -> LoadedDetector:
+    """Open a qmdd ONNX detector in ONNX Runtime (CPU): ``(model, config, threshold)``,
+    ``model`` an :class:`OnnxModel` mapping images to logits like the exported detector.
+
+    Every failure (missing, corrupt or truncated file, a model the checker or ONNX Runtime
+    rejects, missing or invalid qmdd metadata, an input that does not match the config)
+    is an :class:`OnnxFormatError` naming the file.
+    """
+    path = Path(path)
+    proto, data = _read_model(path)
+    config, threshold = _metadata(path, proto)
+    session = _session(data, path, threads)
+    _check_signature(path, session, config)
+    return LoadedDetector(OnnxModel(session).eval(), config, threshold)
