@@ -2,7 +2,8 @@
 Selenium through the system's chromedriver (nothing is downloaded). The test starts the
 demo, uploads an image, a video and a bad file, and reads the verdict off the page.
 
-Set QMDD_DEMO_SCREENSHOT=docs/img/demo.png to also save a screenshot of the video result.
+Set QMDD_DEMO_SCREENSHOT=docs/img/demo.png to also save a screenshot of the video result,
+and QMDD_DEMO_MODEL=<checkpoint> to serve that detector instead of the tiny untrained one.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("demo")
-    checkpoint, _ = make_tiny_detector(folder / "detector")
+    checkpoint = Path(os.environ["QMDD_DEMO_MODEL"]) if os.environ.get("QMDD_DEMO_MODEL") else make_tiny_detector(folder / "detector")[0]
     (folder / "notes.txt").write_text("not a picture")
     return {"model": checkpoint, "video": make_face_clip(folder / "clip.mp4", frames=16), "image": PHOTOS / "astronaut.jpg", "bad": folder / "notes.txt"}
 

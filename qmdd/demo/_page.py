@@ -50,7 +50,7 @@ function show(data) {
   $("score").textContent = fmt(data.score);
   $("threshold").textContent = fmt(data.threshold);
   let details = data.kind === "video"
-    ? `${data.note}; ${fmt(data.share_above)} of face frames above the threshold (rule: ${data.rule}); score = mean face score.`
+    ? `${data.note}; ${data.share_above === null ? "-" : Math.round(100 * data.share_above) + " %"} of face frames above the threshold (rule: ${data.rule}); score = mean face score.`
     : (data.note || "face found and scored");
   $("details").textContent = details;
   const frames = $("frames");
