@@ -121,6 +121,22 @@ def _packed_bytes(loaded) -> int:
         return save_packed(Path(folder) / "model.qmdd", loaded.model, loaded.config, loaded.threshold).file_bytes
 
 
+def _int8_latency(loaded, reference, size: int, rounds: int) -> dict:
+    """int8 CPU path of the detector and of its parent, timed in alternation."""
+    from qmdd.deploy import calibration_images, to_int8
+
+    calibration = calibration_images(loaded.config.data)
+    row = {}
+    try:
+        engines = {"model": to_int8(loaded.model, calibration), "parent": to_int8(reference.model, calibration)}
+    except Exception as error:  # the int8 path may not cover a layer type: say which
+        return {"int8_error": f"{type(error).__name__}: {error}"[:300]}
+    for batch in (1, 32):
+        times = interleaved_latency(engines, torch.randn(batch, 3, size, size), rounds * (4 if batch == 1 else 1))
+        row[f"int8_ms_b{batch}"], row[f"int8_speedup_b{batch}"] = 1e3 * times["model"], times["parent"] / times["model"]
+    return row
+
+
 def _measure(checkpoint: Path, parent: Path, rounds: int) -> dict:
     """Size and cost of a detector, and its latency against its parent's in one run."""
     loaded, reference = load_detector(checkpoint), load_detector(parent)
@@ -131,7 +147,10 @@ def _measure(checkpoint: Path, parent: Path, rounds: int) -> dict:
         images = torch.randn(batch, 3, size, size)
         times = interleaved_latency({"model": loaded.model, "parent": reference.model}, images, rounds * (4 if batch == 1 else 1))
         row[f"ms_b{batch}"], row[f"speedup_b{batch}"] = 1e3 * times["model"], times["parent"] / times["model"]
-    return row
+    from qmdd.cost import nonzero_parameter_count
+
+    row["nonzero_params"] = nonzero_parameter_count(loaded.model)
+    return {**row, **_int8_latency(loaded, reference, size, rounds)}
 
 
 def _detectors(work: Path) -> dict[str, tuple[Path, Path]]:
@@ -160,6 +179,63 @@ def phase_speed(args) -> None:
             print(name, results[name], flush=True)
 
 
+def _metrics(work: Path, name: str) -> dict | None:
+    """Test metrics of a finished detector: the last step of a slim run, or a run folder."""
+    for path in (work / "slim" / name / "slim.json", work / name / "metrics.json", work / name / "imp" / "level_01" / "metrics.json"):
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if "rows" in data:
+                row = data["rows"][-1]
+                return {"removed": row["removed"], "seen_ap": row["seen_ap"], "unseen_ap": row["mean_unseen_ap"], "seen_acc": row["seen_acc"], "unseen_acc": row["mean_unseen_acc"]}
+            return {"seen_ap": data["seen"]["ap"], "unseen_ap": data["mean_unseen"]["ap"], "seen_acc": data["seen"]["acc"], "unseen_acc": data["mean_unseen"]["acc"]}
+    return None
+
+
+def _accuracy_table(work: Path, names: list[str]) -> None:
+    print("| detector | removed | seen AP | unseen AP | seen acc | unseen acc |\n|---|---|---|---|---|---|")
+    for name in names:
+        m = _metrics(work, name)
+        if m is not None:
+            removed = f"{100 * m['removed']:.1f} %" if "removed" in m else "-"
+            print(f"| {name} | {removed} | {100 * m['seen_ap']:.1f} | {100 * m['unseen_ap']:.1f} | {100 * m['seen_acc']:.1f} | {100 * m['unseen_acc']:.1f} |")
+
+
+def _seed_table(work: Path) -> None:
+    import statistics
+
+    print("| removed | seeds | seen AP | unseen AP |\n|---|---|---|---|")
+    for ratio in (0, 30):
+        found = [m for m in (_metrics(work, f"r{ratio:02d}" + suffix) for suffix in ("", "-seed1", "-seed2")) if m]
+        if len(found) > 1:
+            cells = [f"{100 * statistics.mean(v):.1f} +- {100 * statistics.stdev(v):.1f}" for v in ([m["seen_ap"] for m in found], [m["unseen_ap"] for m in found])]
+            print(f"| {ratio} % | {len(found)} | {cells[0]} | {cells[1]} |")
+
+
+def _speed_table(work: Path) -> None:
+    speed = json.loads((work / "speed.json").read_text()) if (work / "speed.json").is_file() else {}
+    print("| detector | params | non-zero | MMACs | MOPs | state dict KB | .qmdd KB | FP32 b1 ms (x) | FP32 b32 ms (x) | int8 b1 ms (x) | int8 b32 ms (x) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in speed.items():
+        int8 = [f"{r[f'int8_ms_b{b}']:.2f} ({r[f'int8_speedup_b{b}']:.2f})" if f"int8_ms_b{b}" in r else "-" for b in (1, 32)]
+        print(f"| {name} | {r['params']:,} | {r['nonzero_params']:,} | {r['macs'] / 1e6:.1f} | {r['ops'] / 1e6:.1f} | {r['state_dict_bytes'] / 1e3:.0f} | {r['packed_bytes'] / 1e3:.0f} "
+              f"| {r['ms_b1']:.2f} ({r['speedup_b1']:.2f}) | {r['ms_b32']:.1f} ({r['speedup_b32']:.2f}) | {int8[0]} | {int8[1]} |")
+
+
+def print_tables(work: Path) -> None:
+    print("## Removed share (seed 0, global Taylor, one-shot)\n")
+    _accuracy_table(work, [f"r{r:02d}" for r in (0, 10, 20, 30, 40)])
+    print("\n## Variants at 30 %\n")
+    _accuracy_table(work, ["r30", "r30-layer", "r30-magnitude", "r30-oneshot-5ep", "r30-k5", "r30-kd"])
+    print("\n## Seeds\n")
+    _seed_table(work)
+    print("\n## efficientnet_lite0\n")
+    _accuracy_table(work, ["lite0-fp32", "lite0-r00", "lite0-r20", "lite0-r40"])
+    print("\n## Side by side\n")
+    _accuracy_table(work, ["r00", "r30", "ticket-r30", "w2a2", "r30-w2a2"])
+    print("\n## Size and speed\n")
+    _speed_table(work)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--phase", required=True, choices=("accuracy", "lite0", "compare", "speed", "tables"))
@@ -172,8 +248,6 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.phase == "tables":
-        from structured_pruning_tables import print_tables
-
         print_tables(Path(args.work))
         return 0
     {"accuracy": phase_accuracy, "lite0": phase_lite0, "compare": phase_compare, "speed": phase_speed}[args.phase](args)
