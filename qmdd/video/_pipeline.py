@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -120,27 +121,40 @@ def draw_box(frame: np.ndarray, box: Box | None, score: float | None, threshold:
 
 
 class _Annotator:
-    """Writes annotated sampled frames as JPEGs in a folder and/or as a video (2 fps)."""
+    """Writes annotated sampled frames as JPEGs in a folder and/or as a video (2 fps).
+
+    Each file appears whole or not at all: frames and the video are written under a
+    temporary name in the same folder and renamed when complete.
+    """
 
     def __init__(self, frames_dir: Path | None, video_path: Path | None) -> None:
         self.frames_dir, self.video_path, self.writer = frames_dir, video_path, None
+        self.partial = None if video_path is None else video_path.with_name(f".{video_path.stem}.partial{video_path.suffix}")
         if frames_dir is not None:
             frames_dir.mkdir(parents=True, exist_ok=True)
 
     def add(self, index: int, image: np.ndarray) -> None:
         if self.frames_dir is not None:
-            cv2.imwrite(str(self.frames_dir / f"frame_{index:06d}.jpg"), image)
+            target = self.frames_dir / f"frame_{index:06d}.jpg"
+            partial = target.with_name(f".{target.stem}.partial.jpg")
+            if not cv2.imwrite(str(partial), image):
+                raise VideoError(f"cannot write annotated frame {target}")
+            os.replace(partial, target)
         if self.video_path is not None:
             if self.writer is None:
                 codec = "MJPG" if self.video_path.suffix.lower() == ".avi" else "mp4v"
-                self.writer = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*codec), 2.0, (image.shape[1], image.shape[0]))
+                self.writer = cv2.VideoWriter(str(self.partial), cv2.VideoWriter_fourcc(*codec), 2.0, (image.shape[1], image.shape[0]))
                 if not self.writer.isOpened():
                     raise VideoError(f"cannot write the annotated video {self.video_path} (use .mp4 or .avi)")
             self.writer.write(image)
 
-    def close(self) -> None:
+    def close(self, complete: bool) -> None:
         if self.writer is not None:
             self.writer.release()
+            if complete:
+                os.replace(self.partial, self.video_path)
+            else:
+                self.partial.unlink(missing_ok=True)
 
 
 def analyse_video(path: str | Path, scorer: Scorer, settings: VideoSettings, *, annotated_frames: Path | None = None, annotated_video: Path | None = None, progress: Callable[[int], None] | None = None) -> VideoReport:
@@ -155,6 +169,7 @@ def analyse_video(path: str | Path, scorer: Scorer, settings: VideoSettings, *, 
     finder, annotator = FaceFinder(settings), _Annotator(annotated_frames, annotated_video)
     results: list[FrameResult] = []
     batch: list[tuple[int, np.ndarray | None, Box | None]] = []
+    complete = False
     try:
         for item in face_frames(path, settings, finder, info):
             batch.append(item)
@@ -165,8 +180,9 @@ def analyse_video(path: str | Path, scorer: Scorer, settings: VideoSettings, *, 
         if batch:
             results.extend(_score_batch(batch, scorer, info.fps, threshold, annotator))
             progress and progress(len(batch))
+        complete = True
     finally:
-        annotator.close()
+        annotator.close(complete)
     verdict = aggregate([r.score for r in results if r.score is not None], threshold, settings.rule, settings.fake_share)
     return VideoReport(str(path), str(scorer.source), info.frame_count, info.fps, info.width, info.height, threshold, verdict, results, settings_to_dict(settings))
 

@@ -68,7 +68,7 @@ def test_the_default_split_keeps_both_videos_of_a_pair_and_their_fakes_together(
 
 def test_extraction_and_evaluation_on_the_synthetic_tree(ffpp_root, tmp_path, tiny_detector, capsys):
     out = tmp_path / "faces"
-    argv = ["--root", str(ffpp_root), "--out", str(out), "--splits", str(ffpp_root / "splits"), "--real-every", "3", "--fake-frames", "2", "--face-size", "64"]
+    argv = ["--root", str(ffpp_root), "--out", str(out), "--splits", str(ffpp_root / "splits"), "--real-every", "3", "--fake-frames", "2", "--face-size", "64", "--set", "scale_factor=1.25", "--set", "min_face=48"]
     assert faceforensics.main(argv) == 0
     crops = sorted(out.rglob("*.png"))
     by_split = {s: {video_id_of(p) for p in crops if p.relative_to(out).parts[0] == s} for s in faceforensics.SPLITS}

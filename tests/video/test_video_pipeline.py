@@ -39,6 +39,7 @@ def test_cli_finds_the_face_scores_it_and_writes_report_and_annotations(face_cli
     expected = aggregate(scores, report["threshold"], "share", 0.5)
     assert report["verdict"]["verdict"] == expected.verdict and report["verdict"]["share_above"] == pytest.approx(expected.share_above)
     assert sorted(p.name for p in (out / "astronaut_frames").iterdir()) == [f"frame_{f['index']:06d}.jpg" for f in frames]
+    assert not [p.name for p in out.rglob(".*")]  # no partial file left behind
     annotated = probe_video(out / "astronaut_annotated.mp4")
     assert annotated.frame_count == len(frames) and (annotated.width, annotated.height) == size
     line = capsys.readouterr().out.strip()
@@ -73,6 +74,14 @@ def test_threshold_setting_drives_the_verdict(face_clip, tiny_detector, threshol
     report = analyse_video(face_clip, load_scorer(packed), load_settings(None, ["every_n=8", f"threshold={threshold}"]))
     assert report.verdict.verdict == ("fake" if threshold == 0.0 else "real")  # every sigmoid is in (0, 1)
     assert report.threshold == threshold
+
+
+def test_int8_engine_scores_like_the_fake_quant_model(face_clip, tiny_detector):
+    settings = load_settings(None, ["every_n=6"])
+    exact = analyse_video(face_clip, load_scorer(tiny_detector[1]), settings)
+    fast = analyse_video(face_clip, load_scorer(tiny_detector[1], "int8"), settings)
+    assert [f.box for f in fast.frames] == [f.box for f in exact.frames]
+    assert [f.score for f in fast.frames] == pytest.approx([f.score for f in exact.frames], abs=2e-3)
 
 
 def test_random_sampling_reads_exactly_the_drawn_frames(face_clip):
