@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-frames", args.max_frames), ("--threads", args.threads if args.threads is not None else 1), ("--port", args.port + 1)):
+    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-frames", args.max_frames), ("--threads", args.threads if args.threads is not None else 1)):
         if value <= 0:
-            parser.error(f"argument {flag}: must be > 0" if flag != "--port" else "argument --port: must be >= 0")
+            parser.error(f"argument {flag}: must be > 0")
+    if not 0 <= args.port <= 65535:
+        parser.error("argument --port: must be in 0..65535")
     try:
         settings = load_settings(args.settings, args.set)
     except VideoSettingsError as error:

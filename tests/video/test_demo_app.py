@@ -73,3 +73,22 @@ def test_an_image_without_a_face_is_scored_whole(demo):
     Image.open(PHOTOS / "coffee.jpg").save(buffer, format="PNG")
     answer = client.post("/api/analyse", files={"file": ("coffee.png", buffer.getvalue(), "image/png")}).json()
     assert answer["face_found"] is False and "whole image" in answer["note"]
+
+
+@pytest.mark.parametrize(("args", "status", "message"), [
+    (["--model", "nowhere.pt"], 1, "error: model nowhere.pt: no such file"),
+    (["--model", "x.pt", "--set", "margin=-1"], 2, "error: margin=-1.0 must be in [0, 2]"),
+    (["--model", "x.pt", "--max-upload-mb", "0"], 2, "argument --max-upload-mb: must be > 0"),
+    (["--model", "x.pt", "--port", "70000"], 2, "argument --port: must be in 0..65535"),
+])
+def test_demo_command_refuses_bad_arguments_in_one_sentence(args, status, message, capsys):
+    from qmdd.demo.__main__ import main as demo_main
+
+    if status == 2 and "--set" not in args:
+        with pytest.raises(SystemExit) as caught:
+            demo_main(args)
+        assert caught.value.code == 2
+    else:
+        assert demo_main(args) == status
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
