@@ -6,7 +6,7 @@ from the shipped astronaut photo (one face, whose box is known), panned and scal
 (brightness x 0.5, Gaussian noise sigma 8), and turned 15 degrees in the image plane. A
 face counts as found when the box (margin 0) overlaps the true box with IoU > 0.5. False
 faces: of the 17 shipped photos without a person (two dogs and a cat among them), how many
-get a face. Time: median milliseconds per 480 x 360 frame, one thread.
+get a face. Time: median CPU milliseconds (process time, so other work on a loaded machine does not count) per 480 x 360 frame, one thread.
 
     python benchmarks/face_finders.py --frames 24 --threads 1
     python benchmarks/face_finders.py --frames 24 --threads 1 --scale-factor 1.2
@@ -58,9 +58,9 @@ def _frame(photo: Image.Image, index: int, frames: int, condition: str, rng: np.
 def _measure(finder: FaceFinder, frames: list, photos: list) -> dict:
     found, overlaps, times = 0, [], []
     for frame, truth in frames:
-        start = time.perf_counter()
+        start = time.process_time()
         box = finder.find(frame)
-        times.append(1000 * (time.perf_counter() - start))
+        times.append(1000 * (time.process_time() - start))
         if box is not None and iou(box, truth) > 0.5:
             found += 1
             overlaps.append(iou(box, truth))
