@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from face_clips import make_face_clip, make_tiny_detector
-
-CLIP_FRAMES = 24
+from face_clips import CLIP_FRAMES, make_face_clip, make_tiny_detector
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ PHOTOS = Path(__file__).resolve().parents[2] / "qmdd" / "data" / "assets" / "pho
 #: The face in astronaut.jpg (512 x 512), (left, top, right, bottom), measured once by eye
 #: on the photo: the face from hairline to chin, ear to ear.
 ASTRONAUT_FACE = (176, 64, 273, 162)
+#: Frames of the session's test clip (tests/video/conftest.py).
+CLIP_FRAMES = 24
 CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80"}
 
 

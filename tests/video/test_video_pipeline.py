@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CLIP_FRAMES
-from face_clips import expected_face, iou, make_face_clip
+from face_clips import CLIP_FRAMES, expected_face, iou, make_face_clip
 
 from qmdd.detector import fake_probability, load_detector
 from qmdd.data import DetectorTransform
