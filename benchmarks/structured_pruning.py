@@ -23,9 +23,10 @@ Phases (each skips what its folder already holds, so the command can be repeated
   then pruned 0/20/40 %.
 - ``compare``: on seed 0 at 30 %: unstructured one-shot ticket (``qmdd.lth``, one level),
   W2A2 LSQ from the FP32 run, and W2A2 LSQ from the 30 % pruned detector (``--qat-epochs``).
-- ``speed``: parameters, MACs, file sizes and CPU latency at batch 1 and 32 of every
-  finished detector, timed in alternation with its unpruned parent (ratio from one run),
-  one thread.
+- ``speed``: parameters, MACs, file sizes and CPU latency at batch 1 and 32 of the
+  detectors in ``SPEED``, each timed round by round against its unpruned FP32 parent (FP32
+  eager, and both through the int8 path); the speedup is the median of the rounds' ratios
+  from one run, one thread.
 - ``tables``: the Markdown tables of docs/pruning.md from the JSON files.
 """
 
@@ -34,13 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from cpu_inference import interleaved_latency
 from qmdd.checkpoint import load_checkpoint, stored_config
 from qmdd.config import apply_overrides
 from qmdd.cost import cost_summary
@@ -59,6 +61,10 @@ ACCURACY = {
     "r30-kd": (0, ["slim.ratio=0.3", "slim.distill=true", "train.distill_alpha=0.25"]),
     **{f"r{r:02d}-seed{s}": (s, [f"slim.ratio={r / 100}"]) for r in (0, 30) for s in (1, 2)},
 }
+
+
+# Timed detectors (the variants and seeds share these sizes).
+SPEED = ("r00", "r10", "r20", "r30", "r40", "r30-k5", "ticket-r30", "w2a2", "r30-w2a2", "lite0-r00", "lite0-r20", "lite0-r40")
 
 
 def _base(source: str, args, extra: list[str]):
@@ -121,20 +127,45 @@ def _packed_bytes(loaded) -> int:
         return save_packed(Path(folder) / "model.qmdd", loaded.model, loaded.config, loaded.threshold).file_bytes
 
 
+def paired_latency(model, parent, batch: torch.Tensor, rounds: int) -> tuple[float, float]:
+    """(best seconds of ``model``, median over rounds of parent time / model time).
+
+    The machine is shared and its load changes by the second: each round times both, in
+    alternating order, and the speedup is the median of the rounds' own ratios, which a
+    burst of load during one round cannot move much.
+    """
+    ratios, best = [], float("inf")
+    with torch.inference_mode():
+        model(batch), parent(batch)  # warm-up
+        for index in range(rounds):
+            pair = {}
+            for name, engine in ((("model", model), ("parent", parent)) if index % 2 == 0 else (("parent", parent), ("model", model))):
+                start = time.perf_counter()
+                engine(batch)
+                pair[name] = time.perf_counter() - start
+            ratios.append(pair["parent"] / pair["model"])
+            best = min(best, pair["model"])
+    return best, statistics.median(ratios)
+
+
+def _latency_row(model, parent, size: int, rounds: int, prefix: str) -> dict:
+    row = {}
+    for batch in (1, 32):
+        seconds, speedup = paired_latency(model, parent, torch.randn(batch, 3, size, size), rounds * (4 if batch == 1 else 1))
+        row[f"{prefix}ms_b{batch}"], row[f"{prefix}speedup_b{batch}"] = 1e3 * seconds, speedup
+    return row
+
+
 def _int8_latency(loaded, reference, size: int, rounds: int) -> dict:
     """int8 CPU path of the detector and of its parent, timed in alternation."""
     from qmdd.deploy import calibration_images, to_int8
 
     calibration = calibration_images(loaded.config.data)
-    row = {}
     try:
         engines = {"model": to_int8(loaded.model, calibration), "parent": to_int8(reference.model, calibration)}
     except Exception as error:  # the int8 path may not cover a layer type: say which
         return {"int8_error": f"{type(error).__name__}: {error}"[:300]}
-    for batch in (1, 32):
-        times = interleaved_latency(engines, torch.randn(batch, 3, size, size), rounds * (4 if batch == 1 else 1))
-        row[f"int8_ms_b{batch}"], row[f"int8_speedup_b{batch}"] = 1e3 * times["model"], times["parent"] / times["model"]
-    return row
+    return _latency_row(engines["model"], engines["parent"], size, rounds, "int8_")
 
 
 def _measure(checkpoint: Path, parent: Path, rounds: int) -> dict:
@@ -143,10 +174,7 @@ def _measure(checkpoint: Path, parent: Path, rounds: int) -> dict:
     size = loaded.config.data.crop_size
     cost = cost_summary(loaded.model, size)
     row = {"params": cost["params"], "macs": cost["macs"], "ops": cost["ops"], "state_dict_bytes": _file_bytes(loaded.model.state_dict()), "packed_bytes": _packed_bytes(loaded)}
-    for batch in (1, 32):
-        images = torch.randn(batch, 3, size, size)
-        times = interleaved_latency({"model": loaded.model, "parent": reference.model}, images, rounds * (4 if batch == 1 else 1))
-        row[f"ms_b{batch}"], row[f"speedup_b{batch}"] = 1e3 * times["model"], times["parent"] / times["model"]
+    row.update(_latency_row(loaded.model, reference.model, size, rounds, ""))
     from qmdd.cost import nonzero_parameter_count
 
     row["nonzero_params"] = nonzero_parameter_count(loaded.model)
@@ -173,7 +201,7 @@ def phase_speed(args) -> None:
     path = Path(args.work) / "speed.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name, (checkpoint, parent) in _detectors(Path(args.work)).items():
-        if name not in results:
+        if name not in results and name in SPEED:
             results[name] = _measure(checkpoint, parent, args.rounds)
             path.write_text(json.dumps(results, indent=2))
             print(name, results[name], flush=True)
@@ -244,7 +272,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per pruning step")
     parser.add_argument("--lite-epochs", type=int, default=6, help="epochs of the efficientnet_lite0 FP32 run")
     parser.add_argument("--qat-epochs", type=int, default=2, help="W2A2 epochs in the comparison")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds at batch 32 (4x at batch 1), best of")
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds at batch 32 (4x at batch 1)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.phase == "tables":
