@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="a qmdd checkpoint (.pt), e.g. runs/<run>/best.pt")
     parser.add_argument("--out", required=True, help="output file, conventionally ending in .qmdd (or .onnx with --format onnx)")
     parser.add_argument("--format", choices=("qmdd", "onnx"), default="qmdd", help="qmdd: the packed model (default); onnx: a QDQ ONNX model for ONNX Runtime")
+    parser.add_argument("--onnx-weights", choices=("int8", "int4"), default="int8", help="with --format onnx: int8 weights (opset 13, fused integer convs in ONNX Runtime; default) or int4 (opset 21, smaller file, slower in ONNX Runtime)")
     return parser
 
 
@@ -65,7 +66,7 @@ def _write(args: argparse.Namespace):
     if args.format == "onnx":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation of quantized tensors
-            return loaded, export_onnx(args.out, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold)
+            return loaded, export_onnx(args.out, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold, args.onnx_weights)
     return loaded, save_packed(args.out, loaded.model, loaded.config, threshold=loaded.threshold)
 
 

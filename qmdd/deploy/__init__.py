@@ -22,7 +22,7 @@ from qmdd.deploy._format import (
     save_packed,
     unpack_codes,
 )
-from qmdd.deploy._onnx import ONNX_OPSET, OnnxFormatError, OnnxModel, OnnxStats, export_onnx, load_onnx
+from qmdd.deploy._onnx import ONNX_INT4_OPSET, ONNX_OPSET, WEIGHT_TYPES, OnnxFormatError, OnnxModel, OnnxStats, export_onnx, load_onnx
 from qmdd.deploy._open import DEFAULT_ENGINE, ENGINES, file_kind, open_deployed
 from qmdd.deploy._int8 import Int8ConversionError, Int8LevelInput, Int8LSQInput, Int8Model, LevelInput, LSQInput, calibration_images, int8_weight_codes, lowbit_float_model, to_int8
 
@@ -50,6 +50,8 @@ __all__ = [
     "lowbit_float_model",
     "to_int8",
     "ONNX_OPSET",
+    "ONNX_INT4_OPSET",
+    "WEIGHT_TYPES",
     "OnnxFormatError",
     "OnnxModel",
     "OnnxStats",

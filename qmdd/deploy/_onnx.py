@@ -11,9 +11,10 @@ conv and classifier stay float operators, as in the int8 model. Non-uniform inpu
 (:class:`~qmdd.deploy.LevelInput`) become one comparison per threshold and a ``Gather``
 of the levels.
 
-Weights are stored as INT8: the integer type of ``QuantizeLinear``/``DequantizeLinear``
-that ONNX Runtime's CPU provider fuses into integer convolutions (INT4 initializers, legal
-from opset 21, are dequantized to float by it instead; docs/deployment.md). The file
+Weights are stored as INT8 by default: the integer type of ``DequantizeLinear`` that ONNX
+Runtime's CPU provider fuses into integer convolutions. ``weights="int4"`` stores the 2-
+and 3-bit codes as INT4 (opset 21), half the bytes, which ONNX Runtime runs by
+dequantizing them to float convolutions (slower; measured in docs/deployment.md). The file
 carries the run config and the decision threshold as metadata (``qmdd.config``,
 ``qmdd.threshold``), so one file is a whole detector.
 """
@@ -37,10 +38,14 @@ from qmdd.detector import LoadedDetector, resolve_model_defaults, validate_confi
 from qmdd.metrics import DEFAULT_THRESHOLD
 from qmdd.utils import atomic_write
 
-__all__ = ["ONNX_OPSET", "OnnxFormatError", "OnnxModel", "OnnxStats", "export_onnx", "load_onnx"]
+__all__ = ["ONNX_OPSET", "ONNX_INT4_OPSET", "WEIGHT_TYPES", "OnnxFormatError", "OnnxModel", "OnnxStats", "export_onnx", "load_onnx"]
 
-#: The operator set written: 13 is the first with per-channel ``DequantizeLinear`` (axis).
+#: The operator set written: 13 is the first with per-channel ``DequantizeLinear`` (axis);
+#: 21 the first with INT4 tensors (``weights="int4"``).
 ONNX_OPSET = 13
+ONNX_INT4_OPSET = 21
+#: Weight types of :func:`export_onnx`.
+WEIGHT_TYPES = ("int8", "int4")
 _FORMAT_KEY = "qmdd.format"
 _FORMAT_VALUE = "qmdd-onnx-detector"
 _CONFIG_KEY = "qmdd.config"
@@ -86,11 +91,26 @@ def _quantized_batch_norm(g, x, weight, bias, mean, var, eps, scale, zero_point)
     return symbolic_helper.quantize_helper(g, out, scale, zero_point)
 
 
+def _unflatten(g, x, dim, sizes):
+    """``aten::unflatten`` (CQB's channel mean in ResNet bottlenecks) as a ``Reshape`` whose
+    target shape is built from the input's own shape, so the input rank need not be known
+    (after a dequantize the exporter has lost it)."""
+    from torch.onnx import symbolic_helper
+
+    axis = symbolic_helper._get_const(dim, "i", "dim")
+    shape = g.op("Shape", x)
+    head = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([axis])))
+    tail = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([axis + 1])), g.op("Constant", value_t=torch.tensor([2**62])))
+    middle = g.op("Constant", value_t=torch.tensor(symbolic_helper._get_const(sizes, "is", "sizes"), dtype=torch.int64))
+    return g.op("Reshape", x, g.op("Concat", head, middle, tail, axis_i=0))
+
+
 def _trace_to_onnx(int8_model: nn.Module, example: torch.Tensor) -> bytes:
     """The int8 graph through the TorchScript exporter, which writes PyTorch's quantized
     ops (``quantized::conv2d``, ``quantized::add_relu``, ...) as QDQ patterns."""
     buffer = io.BytesIO()
     torch.onnx.register_custom_op_symbolic("quantized::batch_norm2d", _quantized_batch_norm, ONNX_OPSET)
+    torch.onnx.register_custom_op_symbolic("aten::unflatten", _unflatten, ONNX_OPSET)
     with warnings.catch_warnings(), _quantized_engine(_ENGINE), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's and torch.ao's deprecation notes
         torch.onnx.export(
@@ -141,27 +161,65 @@ def _drop_redundant_casts(graph) -> int:
     return len(renamed)
 
 
+def _int4_weights(onnx, proto):
+    """The model at opset 21 with every int8 conv/linear weight whose codes fit in 4 bits
+    (2- and 3-bit layers) stored as INT4, two per byte, zero points too. Returns the new
+    model and how many weights it converted."""
+    import ml_dtypes
+    from onnx import numpy_helper, version_converter
+
+    try:
+        proto = version_converter.convert_version(proto, ONNX_INT4_OPSET)
+    except Exception as error:  # noqa: BLE001 - the converter raises bare RuntimeErrors and others
+        raise OnnxFormatError(f"cannot convert the model to opset {ONNX_INT4_OPSET} for INT4 weights: {_first_line(error)}") from None
+    constants = {node.output[0]: node for node in proto.graph.node if node.op_type == "Constant"}
+    converted = 0
+    for node in proto.graph.node:
+        if node.op_type != "DequantizeLinear" or len(node.input) != 3:
+            continue
+        weight, zero = constants.get(node.input[0]), constants.get(node.input[2])
+        if weight is None or zero is None:
+            continue
+        values = numpy_helper.to_array(weight.attribute[0].t)
+        if values.dtype != "int8" or values.ndim < 2 or values.min() < -8 or values.max() > 7:
+            continue
+        zeros = numpy_helper.to_array(zero.attribute[0].t)
+        # ml_dtypes' int4 (an onnx dependency) makes raw data packed two per byte.
+        weight.attribute[0].t.CopyFrom(numpy_helper.from_array(values.astype(ml_dtypes.int4), "weight"))
+        zero.attribute[0].t.CopyFrom(numpy_helper.from_array(zeros.astype(ml_dtypes.int4), "zero_point"))
+        converted += 1
+    return proto, converted
+
+
 def export_onnx(
     path: str | Path,
     model: nn.Module,
     config: RunConfig,
     calibration_batches: Iterable[torch.Tensor],
     threshold: float = DEFAULT_THRESHOLD,
+    weights: str = "int8",
 ) -> OnnxStats:
     """Write a calibrated fake-quant ``model`` as a QDQ ONNX detector, atomically.
 
     ``calibration_batches`` set the 8-bit ranges of the int8 model (as for
     :func:`qmdd.deploy.to_int8`); the first batch is the traced example, whose height and
-    width the file then expects (the batch size is free). The written model is checked
-    with ``onnx.checker`` and must load in ONNX Runtime before the file is replaced.
+    width the file then expects (the batch size is free). ``weights``: ``int8`` (opset 13;
+    ONNX Runtime fuses them into integer convolutions) or ``int4`` (opset 21, half the
+    weight bytes; ONNX Runtime dequantizes them to float convolutions, so it is slower).
+    The written model is checked with ``onnx.checker`` and must load in ONNX Runtime
+    before the file is replaced.
     """
     onnx = _onnx()
     if not 0.0 <= threshold <= 1.0:
         raise OnnxFormatError(f"threshold {threshold} is not a probability in [0, 1]")
+    if weights not in WEIGHT_TYPES:
+        raise OnnxFormatError(f"unknown ONNX weight type {weights!r}; known: {', '.join(WEIGHT_TYPES)}")
     batches = list(calibration_batches)
     int8_model = to_int8(model, batches, level_lookup=False)
     proto = onnx.load_from_string(_trace_to_onnx(int8_model, batches[0][:1]))
     _drop_redundant_casts(proto.graph)
+    if weights == "int4":
+        proto, _ = _int4_weights(onnx, proto)
     metadata = {
         _FORMAT_KEY: _FORMAT_VALUE,
         _VERSION_KEY: qmdd.__version__,
@@ -183,7 +241,8 @@ def export_onnx(
     operators: dict[str, int] = {}
     for node in proto.graph.node:
         operators[node.op_type] = operators.get(node.op_type, 0) + 1
-    return OnnxStats(Path(path), len(data), ONNX_OPSET, operators)
+    opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    return OnnxStats(Path(path), len(data), opset, operators)
 
 
 def _session(data: bytes, path: Path, threads: int | None = None):

@@ -275,3 +275,18 @@ def test_open_deployed_picks_the_engine_by_file(deployed):
     assert torch.allclose(_probabilities(exact.model, x), _probabilities(model, x), atol=1e-5)
     with pytest.raises(OnnxFormatError, match="runs .onnx files"):
         open_deployed(folder / "m.qmdd", "onnxruntime")
+
+
+def test_int4_onnx_weights_give_the_int8_model_in_a_smaller_file(tmp_path):
+    """INT4 weights (opset 21) hold the same codes: equal outputs, fewer bytes. ResNet
+    bottlenecks with CQB exercise the channel mean (``unflatten``) of the exporter too."""
+    model, config = _detector("n2uq", "cqb", arch="npr_resnet50")
+    calibration = [torch.randn(4, 3, SIZE, SIZE)]
+    eight = export_onnx(tmp_path / "w8.onnx", model, config, calibration)
+    four = export_onnx(tmp_path / "w4.onnx", model, config, calibration, weights="int4")
+    assert (eight.opset, four.opset) == (13, 21) and four.file_bytes < 0.75 * eight.file_bytes
+    proto = onnx.load(str(tmp_path / "w4.onnx"))
+    int4 = [n for n in proto.graph.node if n.op_type == "Constant" and n.attribute[0].t.data_type == onnx.TensorProto.INT4 and len(n.attribute[0].t.dims) == 4]
+    assert len(int4) == sum(1 for _, layer in quantized_layers(model) if layer.weight_bits < 32)
+    x = torch.randn(3, 3, SIZE, SIZE)
+    assert torch.equal(load_onnx(tmp_path / "w4.onnx").model(x), load_onnx(tmp_path / "w8.onnx").model(x))
