@@ -14,6 +14,11 @@ activations are not degenerate.
 
     python benchmarks/cpu_inference.py --json docs/cpu_inference.json
     python benchmarks/cpu_inference.py --archs resnet50 --bits 2 --reps 2     # quicker
+    python benchmarks/cpu_inference.py --archs resnet50 --bits 32,2 --quantizers lsq,slr --onnx   # + families, ONNX Runtime
+
+``--quantizers`` adds a row per quantizer family (and ``--block cqb`` Connected Quantized
+Blocks); ``--onnx`` also exports each low-bit model with ``qmdd.deploy.export_onnx`` and
+times it in ONNX Runtime (its file size and latency in the ``onnx_*`` fields).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from torch import nn
 
 from qmdd.config import load_config
 from qmdd.cost import cost_summary
-from qmdd.deploy import calibration_images, save_packed, to_int8
+from qmdd.deploy import calibration_images, export_onnx, load_onnx, save_packed, to_int8
 from qmdd.models import create_model
 from qmdd.quant import calibrate
 from qmdd.detector import build_detector
@@ -80,18 +85,28 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=5, help="timed rounds at batch 32 (4x at batch 1); best of")
     parser.add_argument("--agreement-images", type=int, default=64)
+    parser.add_argument("--quantizers", default="lsq", help="comma-separated quantizer families for the low-bit rows")
+    parser.add_argument("--block", default="plain", choices=("plain", "cqb"))
+    parser.add_argument("--onnx", action="store_true", help="also time each low-bit model exported to ONNX, in ONNX Runtime")
+    parser.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: torch's choice)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    onnx_folder = tempfile.TemporaryDirectory()
     rows = []
     for arch in args.archs.split(","):
         fp32_model = create_model(arch).eval()
         fp32_file = file_bytes(lambda p: torch.save(fp32_model.state_dict(), p))
         engines: dict[str, nn.Module] = {}
         arch_rows: dict[str, dict] = {}
-        for bits in [int(b) for b in args.bits.split(",")]:
-            config = load_config(None, [f"model.arch={arch}", f"quant.bits={bits}", f"data.crop_size={args.size}"])
-            row = {"arch": arch, "quant": config.quant.tag}
+        variants = [(int(b), q) for b in args.bits.split(",") for q in (["lsq"] if int(b) == 32 else args.quantizers.split(","))]
+        for bits, quantizer in variants:
+            block = args.block if bits < 32 else "plain"
+            config = load_config(None, [f"model.arch={arch}", f"quant.bits={bits}", f"data.crop_size={args.size}", f"quant.quantizer={quantizer}", f"quant.block={block}"])
+            tag = config.quant.tag if bits == 32 else f"{config.quant.tag}-{quantizer}-{block}"
+            row = {"arch": arch, "quant": tag}
             if bits == 32:
                 model = fp32_model
                 row["file_bytes"] = fp32_file
@@ -106,6 +121,11 @@ def main() -> int:
             row.update({k: v for k, v in cost_summary(model, args.size).items() if k != "convention"})
             row["file_ratio"] = fp32_file / row["file_bytes"]
             engines[row["quant"]] = model if bits == 32 else to_int8(model, calib)
+            if bits < 32 and args.onnx:
+                onnx_path = os.path.join(onnx_folder.name, f"{arch}-{tag}.onnx")
+                export_onnx(onnx_path, model, config, calib)
+                row["onnx_file_bytes"] = os.path.getsize(onnx_path)
+                engines[f"{tag}-onnx"] = load_onnx(onnx_path, threads=torch.get_num_threads()).model
             if bits < 32:
                 images = torch.cat(calibration_images(config.data, count=args.agreement_images, batch_size=32, seed=1))
                 with torch.inference_mode():
@@ -123,10 +143,14 @@ def main() -> int:
             for tag, row in arch_rows.items():
                 row[f"latency_ms_b{batch_size}"] = 1000 * seconds[tag]
                 row[f"speedup_b{batch_size}"] = seconds["fp32"] / seconds[tag] if "fp32" in seconds else float("nan")
+                if f"{tag}-onnx" in seconds:
+                    row[f"onnx_latency_ms_b{batch_size}"] = 1000 * seconds[f"{tag}-onnx"]
+                    row[f"onnx_speedup_b{batch_size}"] = seconds["fp32"] / seconds[f"{tag}-onnx"] if "fp32" in seconds else float("nan")
         for row in arch_rows.values():
             rows.append(row)
             print(json.dumps(row), flush=True)
         del engines
+    onnx_folder.cleanup()
     result = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__, "engine": "x86"},
         "input_size": args.size,
@@ -146,6 +170,10 @@ def main() -> int:
             f"{r['fp32_storage_bits'] / r['storage_bits']:.2f}x | {r['file_bytes'] / 1e6:.2f} MB | {r['file_ratio']:.2f}x | "
             f"{r['latency_ms_b1']:.0f} / {r['latency_ms_b32']:.0f} ms | {r['speedup_b1']:.2f}x / {r['speedup_b32']:.2f}x | {agree} |"
         )
+    for r in rows:
+        if "onnx_latency_ms_b32" in r:
+            print(f"ONNX Runtime {r['arch']} {r['quant']}: file {r['onnx_file_bytes'] / 1e6:.2f} MB, {r['onnx_latency_ms_b1']:.0f} / {r['onnx_latency_ms_b32']:.0f} ms, "
+                  f"{r['onnx_speedup_b1']:.2f}x / {r['onnx_speedup_b32']:.2f}x")
     return 0
 
 
