@@ -1,10 +1,13 @@
 """Fast CPU inference: a fake-quant detector as a real int8 model (PyTorch x86 backend).
 
 Any quantizer family whose weights export as integer codes (``Quantizer.weight_codes``
-with an integer zero point) and whose input grid is uniform (``Quantizer.uniform_grid``)
-converts; today that is LSQ. 2- and 3-bit values fit int8 exactly, so the conversion
-chooses the int8 parameters that reproduce the low-bit grids instead of fitting new ones
-(the description below says "LSQ" for such a family):
+with an integer or half-integer zero point) converts: LSQ, N2UQ and SLR. Inputs on a
+uniform grid (``Quantizer.uniform_grid``, LSQ) take the exact treatment below; other
+inputs run their step function (``Quantizer.level_table``) as :class:`LevelInput`, in the
+int8 graph a 256-entry table on the int8 codes (:class:`Int8LevelInput`). 2- and 3-bit
+values fit int8 exactly, so the conversion chooses the int8 parameters that reproduce the
+low-bit grids instead of fitting new ones (the description below says "LSQ" for a
+uniform-grid family):
 
 * **weights**: the int8 weight *is* the LSQ code (in [-2^(b-1), 2^(b-1)-1]); its
   per-channel int8 scale is the LSQ step times the folded BatchNorm factor gamma/sigma

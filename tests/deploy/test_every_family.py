@@ -290,3 +290,18 @@ def test_int4_onnx_weights_give_the_int8_model_in_a_smaller_file(tmp_path):
     assert len(int4) == sum(1 for _, layer in quantized_layers(model) if layer.weight_bits < 32)
     x = torch.randn(3, 3, SIZE, SIZE)
     assert torch.equal(load_onnx(tmp_path / "w4.onnx").model(x), load_onnx(tmp_path / "w8.onnx").model(x))
+
+
+def test_export_cli_writes_onnx_and_reports_bad_checkpoints(tmp_path, capsys):
+    from qmdd.checkpoint import save_checkpoint
+    from qmdd.export import main as export_main
+
+    model, config = _detector("n2uq", "plain", arch="cnn5")
+    save_checkpoint(tmp_path / "best.pt", config=config, model=model)
+    assert export_main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m.onnx"), "--format", "onnx"]) == 0
+    assert "ONNX, opset 13" in capsys.readouterr().out
+    loaded = load_onnx(tmp_path / "m.onnx")
+    assert loaded.config.quant.quantizer == "n2uq" and loaded.config.model.arch == "cnn5"
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx"), "--format", "onnx"]) == 1
+    err = capsys.readouterr().err
+    assert "missing.pt" in err and "Traceback" not in err and not (tmp_path / "x.onnx").exists()
