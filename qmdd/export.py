@@ -32,7 +32,7 @@ __all__ = ["main", "build_parser"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qmdd.export",
-        description="Write a checkpoint's detector as a QMDD packed model (.qmdd) and report its size against FP32.",
+        description="Write a checkpoint's detector as a QMDD packed model (.qmdd) or a QDQ ONNX model (.onnx) and report its size against FP32.",
         epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

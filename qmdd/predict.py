@@ -40,7 +40,7 @@ __all__ = ["main", "build_parser", "collect_images"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m qmdd.predict",
-        description="Print the probability that each image is fake, using an exported .qmdd detector.",
+        description="Print the probability that each image is fake, using an exported .qmdd or .onnx detector (or a checkpoint).",
         epilog=__doc__.split("Examples::", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
