@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a training checkpoint (.pt) or a packed model (.qmdd)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--engine", choices=ENGINES, default="fake-quant", help="fake-quant (exact, default) or int8 (fast CPU path for LSQ models)")
+    parser.add_argument("--engine", choices=ENGINES, default="fake-quant", help="fake-quant (exact, default), int8 (fast x86 CPU path) or onnxruntime (an .onnx model; chosen by itself for .onnx files)")
     parser.add_argument("--settings", help="a YAML file of video settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one video setting (repeatable)")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted, in MB (default 50)")

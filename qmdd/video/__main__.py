@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="video_reports", help="folder for the reports (default: video_reports)")
     parser.add_argument("--settings", help="a YAML file of video settings (keys: see below)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set every_n=15 (repeatable)")
-    parser.add_argument("--engine", choices=ENGINES, default="fake-quant", help="fake-quant (exact, default) or int8 (fast CPU path for LSQ models)")
+    parser.add_argument("--engine", choices=ENGINES, default="fake-quant", help="fake-quant (exact, default), int8 (fast x86 CPU path) or onnxruntime (an .onnx model; chosen by itself for .onnx files)")
     parser.add_argument("--annotate", choices=ANNOTATE, default="none", help="also write the sampled frames with boxes and scores: as JPEGs, as a video, or both")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--list-settings", action="store_true", help="print every setting with its default and meaning, then exit")

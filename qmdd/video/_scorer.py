@@ -15,15 +15,15 @@ from torch import nn
 from qmdd.checkpoint import CheckpointError
 from qmdd.config import RunConfig
 from qmdd.data import DetectorTransform
-from qmdd.deploy import FILE_SUFFIX, Int8ConversionError, PackedFormatError, calibration_images, load_packed, to_int8
-from qmdd.detector import fake_probability, load_detector
+from qmdd.deploy import ENGINES, Int8ConversionError, OnnxFormatError, PackedFormatError, open_deployed
+from qmdd.detector import fake_probability
 from qmdd.video._frames import VideoError
 
 __all__ = ["Scorer", "load_scorer", "ENGINES"]
 
-#: ``fake-quant``: the model as trained (exact); ``int8``: PyTorch's x86 int8 path
-#: (docs/deployment.md), for LSQ-quantized detectors.
-ENGINES = ("fake-quant", "int8")
+# ENGINES (re-exported from qmdd.deploy): ``fake-quant``, the model as trained (exact);
+# ``int8``, PyTorch's x86 int8 path; ``onnxruntime``, an ``.onnx`` file from
+# ``python -m qmdd.export --format onnx`` (docs/deployment.md).
 
 
 @dataclass
@@ -51,9 +51,10 @@ class Scorer:
 
 
 def load_scorer(path: str | Path, engine: str = "fake-quant") -> Scorer:
-    """A checkpoint (``.pt``, from training) or a packed file (``.qmdd``, from
-    ``python -m qmdd.export``); ``engine="int8"`` converts it for the int8 CPU path.
-    Raises :class:`VideoError` naming the file for anything unusable."""
+    """A checkpoint (``.pt``, from training), a packed file (``.qmdd``) or an ONNX file
+    (``.onnx``, from ``python -m qmdd.export``), opened by :func:`qmdd.deploy.open_deployed`
+    with ``engine`` (an ONNX file always runs in ONNX Runtime). Raises :class:`VideoError`
+    naming the file for anything unusable."""
     path = Path(path)
     if engine not in ENGINES:
         raise VideoError(f"engine {engine!r} is unknown; choose one of {', '.join(ENGINES)}")
@@ -62,11 +63,10 @@ def load_scorer(path: str | Path, engine: str = "fake-quant") -> Scorer:
     # torch.ao warns on every int8 conversion that its quantized tensors are deprecated;
     # the int8 path is pinned to what it supports (docs/deployment.md).
     warnings.filterwarnings("ignore", message=r".*quantized tensor creation functions.*deprecated", category=UserWarning)
+    if path.suffix.lower() == ".onnx":
+        engine = "onnxruntime"
     try:
-        loaded = load_packed(path) if path.suffix == FILE_SUFFIX else load_detector(path)
-        model = loaded.model
-        if engine == "int8":
-            model = to_int8(model, calibration_images(loaded.config.data))
-    except (CheckpointError, PackedFormatError, Int8ConversionError) as error:
+        loaded = open_deployed(path, engine)
+    except (CheckpointError, PackedFormatError, OnnxFormatError, Int8ConversionError) as error:
         raise VideoError(f"model {path}: {error}") from None
-    return Scorer(model.eval(), loaded.config, loaded.threshold, path)
+    return Scorer(loaded.model.eval(), loaded.config, loaded.threshold, path)

@@ -83,6 +83,20 @@ def test_int8_engine_scores_like_the_fake_quant_model(face_clip, tiny_detector):
     assert [f.score for f in fast.frames] == pytest.approx([f.score for f in exact.frames], abs=2e-3)
 
 
+def test_an_onnx_file_scores_like_its_int8_model(face_clip, tiny_detector, tmp_path):
+    from qmdd.deploy import calibration_images, export_onnx, load_packed
+
+    loaded = load_packed(tiny_detector[1])
+    onnx_path = tmp_path / "tiny.onnx"
+    export_onnx(onnx_path, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold)
+    settings = load_settings(None, ["every_n=6"])
+    fast = analyse_video(face_clip, load_scorer(tiny_detector[1], "int8"), settings)
+    onnx = analyse_video(face_clip, load_scorer(onnx_path), settings)  # .onnx picks ONNX Runtime itself
+    assert onnx.threshold == pytest.approx(loaded.threshold)
+    assert [f.box for f in onnx.frames] == [f.box for f in fast.frames]
+    assert [f.score for f in onnx.frames] == pytest.approx([f.score for f in fast.frames], abs=2e-3)
+
+
 def test_random_sampling_reads_exactly_the_drawn_frames(face_clip):
     indices = [0, 5, 6, 23]
     frames = dict(read_frames(face_clip, indices + [40]))
