@@ -150,6 +150,35 @@ class _N2UQReference(torch.autograd.Function):
         return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None
 
 
+#: Elements per block of the fused N2UQ function's (rows, N) temporaries: with 9 rows
+#: (3 bits) a block is 2.4 MB, so the rows are written and read again in cache, not in
+#: main memory; per block the Python loop costs a few microseconds per operator.
+_CHUNK = 1 << 16
+
+
+def _chunks(numel: int, rows: int, like: torch.Tensor):
+    """(lo, hi, buffer): consecutive blocks of ``numel`` elements, each with a contiguous
+    (rows, hi - lo) buffer carved from one allocation reused by every block."""
+    storage = torch.empty(rows * min(numel, _CHUNK), dtype=like.dtype, device=like.device)
+    for lo in range(0, numel, _CHUNK):
+        hi = min(lo + _CHUNK, numel)
+        yield lo, hi, storage[: rows * (hi - lo)].view(rows, hi - lo)
+
+
+def _interval_slope(above: torch.Tensor, slopes: torch.Tensor, out: torch.Tensor) -> None:
+    """out = slopes[code - 1] inside [T_1, end), 0 outside, from the rows [x >= B_k].
+
+    Walking up the bounds, lerp(slope, value, [x >= B_k]) is exactly ``value`` at weight 1
+    and ``slope`` at weight 0, so each row overwrites the slope of the elements at or above
+    it: a lookup without a search or a gather.
+    """
+    levels = slopes.numel()  # n: rows 0 .. n - 1 are the thresholds, row n the end
+    torch.mul(above[0], slopes[0], out=out)
+    for k in range(1, levels):
+        out.lerp_(slopes[k], above[k])
+    out.lerp_(slopes.new_zeros(()), above[levels])
+
+
 class _N2UQFakeQuant(torch.autograd.Function):
     """N2UQ's staircase and GSTE backward in a few whole-tensor operators.
 
@@ -186,32 +215,23 @@ class _N2UQFakeQuant(torch.autograd.Function):
         thresholds = n2uq_thresholds(start, widths)
         end = thresholds[-1] + widths[-1]
         bounds = torch.cat([thresholds, end.reshape(1)])
-        flat = x.reshape(1, -1)
-        above = torch.empty((levels + 1, flat.shape[1]), dtype=x.dtype, device=x.device)
-        torch.ge(flat, bounds.unsqueeze(1), out=above)  # above[k] = [x >= B_k]
+        flat = x.reshape(-1)
         step = scale * (2.0 / levels)
-        if not train:
-            level = above[:levels].sum(0)  # the code: small integers, exact in any order
-            if qmin:
-                level.add_(qmin)
-            return (level * step).view(x.shape)
         # The code and the slope Delta / a of each element's interval, as the two rows of
         # one (2, N) tensor (the backward reduces both with one matrix-vector product).
-        rows = torch.empty((2, flat.shape[1]), dtype=x.dtype, device=x.device)
+        rows = torch.empty((2, flat.shape[0]), dtype=x.dtype, device=x.device)
         slope, level = rows
-        torch.sum(above[:levels], 0, out=level)
+        slopes = (step / torch.cat([widths, widths[-1:]])).to(x.dtype)  # Delta / a, as the reference divides
+        for lo, hi, above in _chunks(flat.shape[0], levels + 1, x):
+            torch.ge(flat[lo:hi], bounds.unsqueeze(1), out=above)  # above[k] = [x >= B_k]
+            torch.sum(above[:levels], 0, out=level[lo:hi])  # the code: small integers, exact in any order
+            if train:
+                _interval_slope(above, slopes, slope[lo:hi])
         if qmin:
             level.add_(qmin)
+        if not train:
+            return (level * step).view(x.shape)
         interval_widths = torch.cat([widths, widths[-1:]])
-        slopes = (step / interval_widths).to(x.dtype)  # Delta / a, as the reference divides
-        # slope = slopes[code - 1] inside [T_1, end), 0 outside: walking up the bounds,
-        # lerp(slope, value, [x >= B_k]) is exactly ``value`` at weight 1 and ``slope``
-        # at weight 0, so each row overwrites the slope of the elements at or above it.
-        torch.mul(above[0], slopes[0], out=slope)
-        for k in range(1, levels):
-            slope.lerp_(slopes[k], above[k])
-        slope.lerp_(slopes.new_zeros(()), above[levels])
-        del above
         out = level * step
         ctx.save_for_backward(x, rows, thresholds, interval_widths, grad_scale)
         ctx.levels = levels
@@ -230,9 +250,12 @@ class _N2UQFakeQuant(torch.autograd.Function):
             grad_scale_param = sums[1] * (2.0 / ctx.levels)
         if ctx.needs_input_grad[2]:
             origins, spans = _ramp_parameters(thresholds.to(x.dtype), interval_widths.to(x.dtype))
-            ramps = x.reshape(1, -1) - origins.unsqueeze(1)
-            ramps.div_(spans.unsqueeze(1)).clamp_(0, 1)
-            per_ramp = torch.mv(ramps, grad_x)
+            flat = x.reshape(-1)
+            per_ramp = torch.zeros_like(origins)
+            for lo, hi, ramps in _chunks(flat.shape[0], origins.numel(), x):
+                torch.sub(flat[lo:hi], origins.unsqueeze(1), out=ramps)
+                ramps.div_(spans.unsqueeze(1)).clamp_(0, 1)
+                per_ramp.addmv_(ramps, grad_x[lo:hi])
             width_grad = -per_ramp[:-1]
             width_grad[-1] -= per_ramp[-1]  # the extra interval above T_n reuses the last width
             grad_widths = width_grad * grad_scale

@@ -121,6 +121,18 @@ def test_n2uq_fused_matches_reference_on_random_inputs(dtype, bits, qmin):
     _compare_n2uq(x, start, widths, scale, qmin, grad_scale)
 
 
+@pytest.mark.parametrize("bits,qmin", [(3, 0), (2, -2)])
+def test_n2uq_fused_matches_reference_across_blocks(monkeypatch, bits, qmin):
+    # The fused function writes its (rows, N) temporaries block by block; with a block of
+    # 7 elements the 4 * 6 * 9 * 9 input spans 278 blocks, the last one partial.
+    import qmdd.quant._n2uq as n2uq
+
+    monkeypatch.setattr(n2uq, "_CHUNK", 7)
+    start, widths, scale, grad_scale = _n2uq_case(bits, qmin, torch.float32, seed=5)
+    x = torch.randn(4, 6, 9, 9, generator=torch.Generator().manual_seed(6)) * (2**bits) * 0.3
+    _compare_n2uq(x, start, widths, scale, qmin, grad_scale)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,qmin", [(2, 0), (3, 0), (2, -2), (3, -4)])
 def test_n2uq_fused_matches_reference_at_boundaries(dtype, bits, qmin):
