@@ -96,6 +96,62 @@ class _SLRReference(torch.autograd.Function):
         return grad_x, grad_step, grad_shift, None, None, None, None
 
 
+#: Elements per block of the fused SLR forward: its temporaries (a few floats per element)
+#: then stay in cache; per block the Python loop costs a few microseconds per operator.
+_CHUNK = 1 << 16
+
+
+def _slr_block(x, step, shift, qmin: int, qmax: int, out, slope_x, rows, needs_rows: bool) -> None:
+    """The fused SLR forward (:class:`_SLRFakeQuant`) on one block of a flat input:
+    writes ``out`` and, when ``slope_x`` is given (training), A into ``slope_x`` and B, C
+    into the two rows of ``rows`` (when ``needs_rows``)."""
+    if qmin < 0:
+        magnitude = x.abs()
+        scaled = magnitude / shift
+        scaled.log1p_().copysign_(x)  # u = sign(x) log(1 + |x| / beta)
+    else:
+        # Unsigned grid: a negative v only ever clips to 0 (below the range), so only
+        # its sign matters, and log1p(x / beta) has the sign of x for x > -beta (the
+        # clamp keeps it finite). Where v is inside the range, x >= 0 or its log
+        # underflowed to -0, so this ``magnitude`` is |x| to the last bit of |x| + beta.
+        magnitude = x.clamp_min(-0.5 * shift)
+        scaled = magnitude / shift
+        scaled.log1p_()
+    scaled.div_(step)  # v = u / s
+    if slope_x is not None:
+        # clipped and code live in the two rows that the backward's B and C replace.
+        clipped, code = rows[0], rows[1]
+        torch.clamp(scaled, qmin, qmax, out=clipped)
+        inside = torch.eq(clipped, scaled, out=scaled)  # m, over v (no longer needed)
+        del scaled
+        torch.round(clipped, out=code)
+    else:
+        clipped = scaled.clamp_(qmin, qmax)
+        code = clipped.round_()
+    growth = code * step  # q
+    if qmin < 0:
+        growth.abs_()
+    growth.exp_()  # exp(|q|)
+    torch.sub(growth, 1, out=out).mul_(shift)
+    if qmin < 0:
+        out.copysign_(code)  # sign(q) * beta * (exp(|q|) - 1); unsigned: q >= 0
+    if slope_x is None:
+        return
+    # Per element, what the backward multiplies the incoming gradient by:
+    #   A = beta growth m / (|x| + beta)          (dQ/dx),
+    #   B = beta growth (k - c m)                 (dQ/ds: k - v inside, c == v there;
+    #                                              the clip bound k outside),
+    #   C = out - A x                             (beta dQ/dbeta: out / beta is
+    #                                              sign(k)(growth - 1), A x / beta
+    #                                              the term through u).
+    factor = growth.mul_(shift)
+    if needs_rows:
+        torch.addcmul(code, clipped, inside, value=-1, out=clipped).mul_(factor)  # B
+    torch.mul(factor, inside, out=slope_x).div_(magnitude.add_(shift))  # A
+    if needs_rows:
+        torch.addcmul(out, slope_x, x, value=-1, out=code)  # C
+
+
 class _SLRFakeQuant(torch.autograd.Function):
     """:class:`_SLRReference` in fewer, in-place passes, with a leaner backward.
 
@@ -123,57 +179,27 @@ class _SLRFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool = True):  # type: ignore[override]
-        if qmin < 0:
-            magnitude = x.abs()
-            scaled = magnitude / shift
-            scaled.log1p_().copysign_(x)  # u = sign(x) log(1 + |x| / beta)
-        else:
-            # Unsigned grid: a negative v only ever clips to 0 (below the range), so only
-            # its sign matters, and log1p(x / beta) has the sign of x for x > -beta (the
-            # clamp keeps it finite). Where v is inside the range, x >= 0 or its log
-            # underflowed to -0, so this ``magnitude`` is |x| to the last bit of |x| + beta.
-            magnitude = x.clamp_min(-0.5 * shift)
-            scaled = magnitude / shift
-            scaled.log1p_()
-        scaled.div_(step)  # v = u / s
+        flat = x.reshape(-1)
+        out = torch.empty_like(flat)
+        slope_x = rows = None
+        needs_rows = train and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
         if train:
-            # clipped and code live in the two rows that the backward's B and C replace.
-            rows = torch.empty((2, x.numel()), dtype=scaled.dtype, device=scaled.device)
-            clipped, code = rows[0].view(x.shape), rows[1].view(x.shape)
-            torch.clamp(scaled, qmin, qmax, out=clipped)
-            inside = torch.eq(clipped, scaled, out=scaled)  # m, over v (no longer needed)
-            del scaled
-            torch.round(clipped, out=code)
-        else:
-            clipped = scaled.clamp_(qmin, qmax)
-            code = clipped.round_()
-        growth = code * step  # q
-        if qmin < 0:
-            growth.abs_()
-        growth.exp_()  # exp(|q|)
-        out = (growth - 1).mul_(shift)
-        if qmin < 0:
-            out.copysign_(code)  # sign(q) * beta * (exp(|q|) - 1); unsigned: q >= 0
-        if train:
-            # Per element, what the backward multiplies the incoming gradient by:
-            #   A = beta growth m / (|x| + beta)          (dQ/dx),
-            #   B = beta growth (k - c m)                 (dQ/ds: k - v inside, c == v there;
-            #                                              the clip bound k outside),
-            #   C = out - A x                             (beta dQ/dbeta: out / beta is
-            #                                              sign(k)(growth - 1), A x / beta
-            #                                              the term through u),
+            slope_x = torch.empty_like(flat)
             # B and C as the rows of one (2, N) matrix: the backward is then one product
             # and one matrix-vector product.
-            factor = growth.mul_(shift)
-            needs_rows = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-            if needs_rows:
-                torch.addcmul(code, clipped, inside, value=-1, out=clipped).mul_(factor)  # B
-            slope_x = factor.mul_(inside).div_(magnitude.add_(shift))  # A
-            del inside, magnitude
-            if needs_rows:
-                torch.addcmul(out, slope_x, x, value=-1, out=code)  # C
-            ctx.save_for_backward(slope_x, rows if needs_rows else None, shift, grad_scale)
-        return out
+            rows = torch.empty((2, flat.numel()), dtype=x.dtype, device=x.device)
+        # Block by block, so that the per-element temporaries (|x|, the log, the growth)
+        # stay in cache; only the output and the backward's factors reach main memory.
+        for lo in range(0, flat.numel(), _CHUNK):
+            hi = min(lo + _CHUNK, flat.numel())
+            _slr_block(
+                flat[lo:hi], step, shift, qmin, qmax, out[lo:hi],
+                None if slope_x is None else slope_x[lo:hi],
+                None if rows is None else rows[:, lo:hi], needs_rows,
+            )
+        if train:
+            ctx.save_for_backward(slope_x.view(x.shape), rows if needs_rows else None, shift, grad_scale)
+        return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]

@@ -292,6 +292,18 @@ def _compare_slr(x, step, shift, qmin, qmax, grad_scale):
 SLR_GRIDS = [(0, 3), (0, 7), (0, 255), (-2, 1), (-4, 3), (-128, 127)]
 
 
+@pytest.mark.parametrize("qmin,qmax", [(0, 3), (-4, 3)])
+def test_slr_fused_matches_reference_across_blocks(monkeypatch, qmin, qmax):
+    # The fused forward runs block by block; 7-element blocks split the input into 278,
+    # the last one partial.
+    import qmdd.quant._slr as slr
+
+    monkeypatch.setattr(slr, "_CHUNK", 7)
+    step, shift, grad_scale = _slr_case(torch.float32, step=1.8 / qmax)
+    x = torch.randn(4, 6, 9, 9, generator=torch.Generator().manual_seed(7)) * 3
+    _compare_slr(x, step, shift, qmin, qmax, grad_scale)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("qmin,qmax", SLR_GRIDS)
 def test_slr_fused_matches_reference_on_random_inputs(dtype, qmin, qmax):
