@@ -36,6 +36,7 @@ __all__ = [
     "LevelTable",
     "signed_range",
     "unsigned_range",
+    "element_blocks",
 ]
 
 #: Bit widths a layer's weights or inputs may take; 32 means full precision.
@@ -100,6 +101,19 @@ class LevelTable:
         """The level of each element of ``x``, in ``x``'s dtype."""
         thresholds = self.thresholds.to(x.dtype)
         return self.levels.to(x.dtype)[torch.bucketize(x, thresholds, right=True)]
+
+
+#: Elements per block of the fused quantizers' per-element temporaries (N2UQ's comparison
+#: rows and ramps, SLR's log and growth): with 9 rows (N2UQ, 3 bits) a block is 2.4 MB, so
+#: they are written and read again in cache, not in main memory (docs/performance.md); per
+#: block the Python loop costs a few microseconds per operator.
+BLOCK_ELEMENTS = 1 << 16
+
+
+def element_blocks(numel: int):
+    """(lo, hi): consecutive blocks of at most :data:`BLOCK_ELEMENTS` of ``numel`` elements."""
+    for lo in range(0, numel, BLOCK_ELEMENTS):
+        yield lo, min(lo + BLOCK_ELEMENTS, numel)
 
 
 def signed_range(bits: int) -> tuple[int, int]:

@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qmdd.quant._base import ActivationQuantizer, LevelTable, Quantizer, UniformGrid, WeightCodes
-from qmdd.quant._base import signed_range
+from qmdd.quant._base import element_blocks, signed_range
 
 __all__ = [
     "N2UQActivationQuantizer",
@@ -150,18 +150,13 @@ class _N2UQReference(torch.autograd.Function):
         return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None
 
 
-#: Elements per block of the fused N2UQ function's (rows, N) temporaries: with 9 rows
-#: (3 bits) a block is 2.4 MB, so the rows are written and read again in cache, not in
-#: main memory; per block the Python loop costs a few microseconds per operator.
-_CHUNK = 1 << 16
-
-
-def _chunks(numel: int, rows: int, like: torch.Tensor):
-    """(lo, hi, buffer): consecutive blocks of ``numel`` elements, each with a contiguous
-    (rows, hi - lo) buffer carved from one allocation reused by every block."""
-    storage = torch.empty(rows * min(numel, _CHUNK), dtype=like.dtype, device=like.device)
-    for lo in range(0, numel, _CHUNK):
-        hi = min(lo + _CHUNK, numel)
+def _blocks_with_buffer(numel: int, rows: int, like: torch.Tensor):
+    """(lo, hi, buffer): the :func:`element_blocks` of ``numel`` elements, each with a
+    contiguous (rows, hi - lo) buffer carved from one allocation reused by every block."""
+    storage = None
+    for lo, hi in element_blocks(numel):
+        if storage is None:  # the first block is the largest
+            storage = torch.empty(rows * (hi - lo), dtype=like.dtype, device=like.device)
         yield lo, hi, storage[: rows * (hi - lo)].view(rows, hi - lo)
 
 
@@ -222,7 +217,7 @@ class _N2UQFakeQuant(torch.autograd.Function):
         rows = torch.empty((2, flat.shape[0]), dtype=x.dtype, device=x.device)
         slope, level = rows
         slopes = (step / torch.cat([widths, widths[-1:]])).to(x.dtype)  # Delta / a, as the reference divides
-        for lo, hi, above in _chunks(flat.shape[0], levels + 1, x):
+        for lo, hi, above in _blocks_with_buffer(flat.shape[0], levels + 1, x):
             torch.ge(flat[lo:hi], bounds.unsqueeze(1), out=above)  # above[k] = [x >= B_k]
             torch.sum(above[:levels], 0, out=level[lo:hi])  # the code: small integers, exact in any order
             if train:
@@ -252,7 +247,7 @@ class _N2UQFakeQuant(torch.autograd.Function):
             origins, spans = _ramp_parameters(thresholds.to(x.dtype), interval_widths.to(x.dtype))
             flat = x.reshape(-1)
             per_ramp = torch.zeros_like(origins)
-            for lo, hi, ramps in _chunks(flat.shape[0], origins.numel(), x):
+            for lo, hi, ramps in _blocks_with_buffer(flat.shape[0], origins.numel(), x):
                 torch.sub(flat[lo:hi], origins.unsqueeze(1), out=ramps)
                 ramps.div_(spans.unsqueeze(1)).clamp_(0, 1)
                 per_ramp.addmv_(ramps, grad_x[lo:hi])

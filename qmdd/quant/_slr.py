@@ -45,7 +45,7 @@ import math
 import torch
 from torch import nn
 
-from qmdd.quant._base import ActivationQuantizer, LevelTable
+from qmdd.quant._base import ActivationQuantizer, LevelTable, element_blocks
 from qmdd.quant._lsq import _MIN_STEP
 
 __all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_fake_quant_reference", "slr_levels", "slr_thresholds"]
@@ -94,11 +94,6 @@ class _SLRReference(torch.autograd.Function):
             through_u = dq * inside * (-x / (shift * (shift + x.abs())))
             grad_shift = (direct + through_u).sum_to_size(shift.shape) * grad_scale
         return grad_x, grad_step, grad_shift, None, None, None, None
-
-
-#: Elements per block of the fused SLR forward: its temporaries (a few floats per element)
-#: then stay in cache; per block the Python loop costs a few microseconds per operator.
-_CHUNK = 1 << 16
 
 
 def _slr_block(x, step, shift, qmin: int, qmax: int, out, slope_x, rows, needs_rows: bool) -> None:
@@ -190,8 +185,7 @@ class _SLRFakeQuant(torch.autograd.Function):
             rows = torch.empty((2, flat.numel()), dtype=x.dtype, device=x.device)
         # Block by block, so that the per-element temporaries (|x|, the log, the growth)
         # stay in cache; only the output and the backward's factors reach main memory.
-        for lo in range(0, flat.numel(), _CHUNK):
-            hi = min(lo + _CHUNK, flat.numel())
+        for lo, hi in element_blocks(flat.numel()):
             _slr_block(
                 flat[lo:hi], step, shift, qmin, qmax, out[lo:hi],
                 None if slope_x is None else slope_x[lo:hi],

@@ -125,9 +125,9 @@ def test_n2uq_fused_matches_reference_on_random_inputs(dtype, bits, qmin):
 def test_n2uq_fused_matches_reference_across_blocks(monkeypatch, bits, qmin):
     # The fused function writes its (rows, N) temporaries block by block; with a block of
     # 7 elements the 4 * 6 * 9 * 9 input spans 278 blocks, the last one partial.
-    import qmdd.quant._n2uq as n2uq
+    import qmdd.quant._base as base
 
-    monkeypatch.setattr(n2uq, "_CHUNK", 7)
+    monkeypatch.setattr(base, "BLOCK_ELEMENTS", 7)
     start, widths, scale, grad_scale = _n2uq_case(bits, qmin, torch.float32, seed=5)
     x = torch.randn(4, 6, 9, 9, generator=torch.Generator().manual_seed(6)) * (2**bits) * 0.3
     _compare_n2uq(x, start, widths, scale, qmin, grad_scale)
@@ -296,9 +296,9 @@ SLR_GRIDS = [(0, 3), (0, 7), (0, 255), (-2, 1), (-4, 3), (-128, 127)]
 def test_slr_fused_matches_reference_across_blocks(monkeypatch, qmin, qmax):
     # The fused forward runs block by block; 7-element blocks split the input into 278,
     # the last one partial.
-    import qmdd.quant._slr as slr
+    import qmdd.quant._base as base
 
-    monkeypatch.setattr(slr, "_CHUNK", 7)
+    monkeypatch.setattr(base, "BLOCK_ELEMENTS", 7)
     step, shift, grad_scale = _slr_case(torch.float32, step=1.8 / qmax)
     x = torch.randn(4, 6, 9, 9, generator=torch.Generator().manual_seed(7)) * 3
     _compare_slr(x, step, shift, qmin, qmax, grad_scale)
