@@ -34,6 +34,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from qmdd.utils import positive_int
+
 __all__ = ["main", "build_parser", "collect_images"]
 
 
@@ -47,21 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="a QMDD packed model (.qmdd) or ONNX model (.onnx) from python -m qmdd.export, or a checkpoint (.pt)")
     parser.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     parser.add_argument("--engine", choices=("int8", "fake-quant", "onnxruntime"), help="int8 (fast; default for .qmdd and .pt), fake-quant (exact reference) or onnxruntime (default and only engine for .onnx)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
     parser.add_argument("--threshold", type=float, help="call an image fake when its probability is above this (default: the threshold stored in the file, fitted on validation)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
 
 
 def collect_images(paths: Sequence[str]) -> list[Path]:

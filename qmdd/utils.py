@@ -1,7 +1,8 @@
-"""Small shared helpers: atomic file writes and seeding."""
+"""Small shared helpers: atomic file writes, seeding, and the command lines' integer type."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import tempfile
@@ -10,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_text", "seed_everything", "OutputPathError", "writable_dir", "writable_file", "is_disk_full"]
+__all__ = ["atomic_write", "atomic_write_text", "seed_everything", "OutputPathError", "writable_dir", "writable_file", "is_disk_full", "positive_int"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> None:
@@ -91,3 +92,14 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value

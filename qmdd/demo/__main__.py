@@ -23,6 +23,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from qmdd.utils import positive_int
 from qmdd.video import ENGINES, VideoError, VideoSettingsError, load_scorer, load_settings
 
 
@@ -40,17 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", help="a YAML file of video settings")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one video setting (repeatable)")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest upload accepted, in MB (default 50)")
-    parser.add_argument("--max-frames", type=int, default=48, help="most video frames analysed and shown per upload (default 48)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--max-frames", type=positive_int, default=48, help="most video frames analysed and shown per upload (default 48)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for flag, value in (("--max-upload-mb", args.max_upload_mb), ("--max-frames", args.max_frames), ("--threads", args.threads if args.threads is not None else 1)):
-        if value <= 0:
-            parser.error(f"argument {flag}: must be > 0")
+    if args.max_upload_mb <= 0:
+        parser.error("argument --max-upload-mb: must be > 0")
     if not 0 <= args.port <= 65535:
         parser.error("argument --port: must be in 0..65535")
     try:

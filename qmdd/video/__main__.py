@@ -29,7 +29,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from qmdd.utils import OutputPathError
+from qmdd.utils import OutputPathError, positive_int
 from qmdd.video import ENGINES, VideoError, VideoSettingsError, describe_settings, load_settings
 from qmdd.video._run import ANNOTATE, VideoJob, run_videos
 
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one setting, e.g. --set every_n=15 (repeatable)")
     parser.add_argument("--engine", choices=ENGINES, default="fake-quant", help="fake-quant (exact, default), int8 (fast x86 CPU path) or onnxruntime (an .onnx model; chosen by itself for .onnx files)")
     parser.add_argument("--annotate", choices=ANNOTATE, default="none", help="also write the sampled frames with boxes and scores: as JPEGs, as a video, or both")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch, >= 1 (default: torch's choice)")
     parser.add_argument("--list-settings", action="store_true", help="print every setting with its default and meaning, then exit")
     return parser
 
@@ -61,8 +61,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.videos or not args.model:
         parser.error("give --model and at least one video")
-    if args.threads is not None and args.threads < 1:
-        parser.error("argument --threads: must be an integer >= 1")
     try:
         settings = load_settings(args.settings, args.set)
     except VideoSettingsError as error:

@@ -80,6 +80,7 @@ def test_an_image_without_a_face_is_scored_whole(demo):
     (["--model", "x.pt", "--set", "margin=-1"], 2, "error: margin=-1.0 must be in [0, 2]"),
     (["--model", "x.pt", "--max-upload-mb", "0"], 2, "argument --max-upload-mb: must be > 0"),
     (["--model", "x.pt", "--port", "70000"], 2, "argument --port: must be in 0..65535"),
+    (["--model", "x.pt", "--max-frames", "0"], 2, "argument --max-frames: must be an integer >= 1"),
 ])
 def test_demo_command_refuses_bad_arguments_in_one_sentence(args, status, message, capsys):
     from qmdd.demo.__main__ import main as demo_main
