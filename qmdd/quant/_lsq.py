@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from qmdd.quant._base import ActivationQuantizer, Quantizer, UniformGrid, WeightCodes, signed_range
+from qmdd.quant._native import native_applies, native_lsq
 
 __all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "LSQ_MIN_STEP"]
 
@@ -97,6 +98,29 @@ class _LSQFakeQuant(torch.autograd.Function):
         return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None
 
 
+class _LSQNativeFakeQuant(torch.autograd.Function):
+    """:class:`_LSQFakeQuant` in the C++ kernels of :mod:`qmdd.quant._native`, for one
+    step per tensor (activations) or per output channel (weights): one pass forward
+    (``out``), one backward (the input gradient and the step gradient's two sums per step,
+    the mask recomputed from ``x`` instead of stored)."""
+
+    @staticmethod
+    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale, kernels):  # type: ignore[override]
+        out = kernels.lsq_forward(x, step, qmin, qmax)
+        ctx.save_for_backward(x, out, step, grad_scale)
+        ctx.qmin, ctx.qmax, ctx.kernels = qmin, qmax, kernels
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        x, out, step, grad_scale = ctx.saved_tensors
+        grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, out, step, ctx.qmin, ctx.qmax)
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            grad_step = sums.to(step.dtype).view(step.shape).div_(step).mul_(grad_scale)
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None, None
+
+
 def _channel_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """sum(a * b) over every dimension but the first: batched dots, no a * b temporary."""
     channels = a.shape[0]
@@ -109,9 +133,18 @@ def lsq_fake_quant(
     """LSQ quantize-dequantize of ``x`` with a step broadcastable to ``x``.
 
     ``grad_scale`` is LSQ's g = 1/sqrt(N * Qp), a 0-dim tensor so that it travels with the
-    state dict and a resumed run trains exactly as an uninterrupted one.
+    state dict and a resumed run trains exactly as an uninterrupted one. One step per
+    tensor or per slice of dim 0 on a float32 CPU tensor runs in the native kernels
+    (:mod:`qmdd.quant._native`) when they are built, anything else in
+    :class:`_LSQFakeQuant`: the same values.
     """
-    return _LSQFakeQuant.apply(x, step.clamp_min(_MIN_STEP), qmin, qmax, grad_scale)
+    step = step.clamp_min(_MIN_STEP)
+    one_per_tensor_or_slice = step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
+    if one_per_tensor_or_slice and step.dtype == torch.float32 and native_applies(x):
+        kernels = native_lsq()
+        if kernels is not None:
+            return _LSQNativeFakeQuant.apply(x, step, qmin, qmax, grad_scale, kernels)
+    return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale)
 
 
 def _init_step(mean_abs: torch.Tensor, qmax: int) -> torch.Tensor:
