@@ -85,8 +85,10 @@ class LevelInput(nn.Module):
     Where the family's levels lie on a uniform grid (N2UQ: learned thresholds, uniform
     outputs) that grid is used and the module is exactly the fake quantizer (up to float
     rounding of the thresholds). Otherwise (SLR's log-spaced levels) the levels are rounded
-    to the 8-bit grid that spans them, ``max|level| / 255`` (unsigned) or ``/ 127``
-    (signed): the one approximation of this module, whose size ``max_level_error`` gives.
+    to an 8-bit grid whose top code is the largest level, ``max|level| / n`` with n the
+    number of codes in [half, all] of the 8-bit range that rounds them least
+    (:func:`_level_grid_step`): the one approximation of this module, whose size
+    ``max_level_error`` gives (at most half a step).
     In the int8 graph it runs in float between a dequantize and a quantize whose qparams
     are fixed to that grid, so the next conv reads the level codes.
     """
@@ -99,8 +101,7 @@ class LevelInput(nn.Module):
             self.zero_point = _SIGNED_ZERO_POINT if table.grid.qmin < 0 else 0
         else:
             signed = bool(levels[0] < 0)
-            span = float(levels.abs().max().clamp_min(1e-12))
-            self.step = span / (127 if signed else 255)
+            self.step = _level_grid_step(levels, 127 if signed else 255)
             self.zero_point = _SIGNED_ZERO_POINT if signed else 0
             self.exact = False
         on_grid = torch.round(levels / self.step) * self.step
@@ -120,6 +121,21 @@ class LevelInput(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels.numel()}, step={self.step:.6g}, exact={self.exact}"
+
+
+def _level_grid_step(levels: torch.Tensor, codes: int) -> float:
+    """The step of the 8-bit grid for non-uniform levels: ``max|level| / n``, n in
+    [codes / 2, codes], chosen so that the largest rounding error of any level is smallest.
+
+    n = codes gives the finest grid, whose error is up to half a step; another n of the
+    same order often puts the few 2- and 3-bit levels much nearer to codes (the largest
+    level is exact for every n).
+    """
+    span = float(levels.abs().max().clamp_min(1e-12))
+    counts = torch.arange(codes, codes // 2 - 1, -1, dtype=torch.float64)  # finest first: ties keep it
+    steps = span / counts
+    errors = ((levels[None, :] / steps[:, None]).round() * steps[:, None] - levels[None, :]).abs().max(dim=1).values
+    return float(steps[int(errors.argmin())])
 
 
 def int8_weight_codes(codes: WeightCodes) -> tuple[torch.Tensor, float] | None:
@@ -336,8 +352,7 @@ def _convert(model: nn.Module, batches: list[torch.Tensor], level_lookup: bool =
             prepared(batch)
     converted = convert_fx(prepared, backend_config=backend)
     _lower_lsq_inputs(converted)
-    if level_lookup:
-        _lower_level_inputs(converted)
+    _lower_level_inputs(converted, lookup=level_lookup)
     return converted
 
 
@@ -372,12 +387,17 @@ class Int8LevelInput(nn.Module):
         return torch._make_per_tensor_quantized_tensor(codes, self.step, self.zero_point)
 
 
-def _lower_level_inputs(graph_module) -> None:
-    """Replace ``dequantize -> LevelInput -> quantize`` by :class:`Int8LevelInput`, and give
-    a producer that feeds only such tables of one unsigned grid the 8-bit range
-    ``[0, last threshold]`` when that is finer than its calibrated one: inputs above it
-    all take the top level, so the 256 input codes then resolve the thresholds as finely
-    as 8 bits can."""
+def _lower_level_inputs(graph_module, lookup: bool = True) -> None:
+    """With ``lookup``, replace ``dequantize -> LevelInput -> quantize`` by
+    :class:`Int8LevelInput`; with or without it, give a producer that feeds only level
+    inputs of an unsigned grid the 8-bit range ``[0, last threshold]`` when that is finer
+    than its calibrated one: inputs above it all take the top level, so the 256 input
+    codes then resolve the thresholds as finely as 8 bits can.
+
+    Producers that also feed something else (a residual addition, CQB's shortcuts) keep
+    their calibrated range. Moving their scale so that the thresholds sit between two
+    codes (as :class:`Int8LSQInput` does for uniform grids) was tried and lowered the
+    agreement of a trained SLR detector (docs/deployment.md)."""
     graph = graph_module.graph
     by_source: dict = {}
     for node in list(graph.nodes):
@@ -387,23 +407,27 @@ def _lower_level_inputs(graph_module) -> None:
         if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
             continue  # left as a float op: still correct, only slower
         level, producer = graph_module.get_submodule(node.target), dequant.args[0]
-        name = f"{node.target.replace('.', '_')}_int8"
-        graph_module.add_submodule(name, Int8LevelInput(level))
-        with graph.inserting_before(users[0]):
-            replacement = graph.call_module(name, (producer,))
-        users[0].replace_all_uses_with(replacement)
-        graph.erase_node(users[0])
-        graph.erase_node(node)
-        if not dequant.users:
-            graph.erase_node(dequant)
-        by_source.setdefault(_qparams_source(graph_module, producer), []).append((replacement, level))
+        consumer = dequant
+        if lookup:
+            name = f"{node.target.replace('.', '_')}_int8"
+            graph_module.add_submodule(name, Int8LevelInput(level))
+            with graph.inserting_before(users[0]):
+                consumer = graph.call_module(name, (producer,))
+            users[0].replace_all_uses_with(consumer)
+            graph.erase_node(users[0])
+            graph.erase_node(node)
+            if not dequant.users:
+                graph.erase_node(dequant)
+        by_source.setdefault(_qparams_source(graph_module, producer), []).append((consumer, level))
     for source, consumers in by_source.items():
-        tables = {tuple(level.thresholds.tolist()) for _, level in consumers}
-        thresholds = consumers[0][1].thresholds
-        only_tables = all(user in {node for node, _ in consumers} for user in source.users)
-        scale, current = float(thresholds[-1]) / 254.5, _current_scale(graph_module, source)
-        if only_tables and len(tables) == 1 and float(thresholds[0]) > 0 and current is not None and scale < current:
-            _set_output_qparams(graph_module, source, scale, 0)
+        current = _current_qparams(graph_module, source)
+        thresholds = torch.cat([level.thresholds for _, level in consumers])
+        readers = {node for node, _ in consumers}
+        if current is None or float(thresholds.min()) <= 0 or not all(user in readers for user in source.users):
+            continue
+        narrow = float(thresholds.max()) / 254.5  # the last threshold half a code below the top
+        if narrow < current[0]:
+            _set_output_qparams(graph_module, source, narrow, 0)
     graph.eliminate_dead_code()
     graph.lint()
     graph_module.recompile()
@@ -475,13 +499,18 @@ def _set_output_qparams(graph_module: nn.Module, node, scale: float, zero_point:
     return False
 
 
-def _current_scale(graph_module: nn.Module, node) -> float | None:
+def _current_qparams(graph_module: nn.Module, node) -> tuple[float, int] | None:
+    """The output scale and zero point of a quantized conv, add or quantize node."""
     if node.op == "call_module":
-        return getattr(graph_module.get_submodule(node.target), "scale", None)
+        module = graph_module.get_submodule(node.target)
+        if hasattr(module, "scale") and hasattr(module, "zero_point"):
+            return float(module.scale), int(module.zero_point)
+        return None
     if node.op == "call_function" and node.target in (torch.quantize_per_tensor, torch.ops.quantized.add, torch.ops.quantized.add_relu):
-        scale_node = node.args[1 if node.target is torch.quantize_per_tensor else 2]
-        if getattr(scale_node, "op", None) == "get_attr":
-            return float(getattr(graph_module, scale_node.target))
+        index = 1 if node.target is torch.quantize_per_tensor else 2
+        scale_node, zero_node = node.args[index], node.args[index + 1]
+        if getattr(scale_node, "op", None) == "get_attr" and getattr(zero_node, "op", None) == "get_attr":
+            return float(getattr(graph_module, scale_node.target)), int(getattr(graph_module, zero_node.target))
     return None
 
 
@@ -528,9 +557,10 @@ def _lower_lsq_inputs(graph_module) -> None:
             user in consumers or (user.op == "call_module" and isinstance(graph_module.get_submodule(user.target), _SHARED_QPARAMS_MODULES) and all(u in consumers for u in user.users))
             for user in source.users
         )
-        current = _current_scale(graph_module, source)
+        current = _current_qparams(graph_module, source)
         if current is None:
             continue
+        current = current[0]
         zero_point = 0 if first.unsigned else first.zero_point
         if only_lsq and len(steps) == 1:
             scale = first.step
