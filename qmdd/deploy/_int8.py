@@ -85,10 +85,10 @@ class LevelInput(nn.Module):
     Where the family's levels lie on a uniform grid (N2UQ: learned thresholds, uniform
     outputs) that grid is used and the module is exactly the fake quantizer (up to float
     rounding of the thresholds). Otherwise (SLR's log-spaced levels) the levels are rounded
-    to an 8-bit grid whose top code is the largest level, ``max|level| / n`` with n the
-    number of codes in [half, all] of the 8-bit range that rounds them least
-    (:func:`_level_grid_step`): the one approximation of this module, whose size
-    ``max_level_error`` gives (at most half a step).
+    to the 8-bit grid that spans them, ``max|level| / 255`` (unsigned) or ``/ 127``
+    (signed): the one approximation of this module, whose size ``max_level_error`` gives.
+    (The coarser grid ``max|level| / n`` that rounds the few levels least was tried; it
+    did not raise the agreement of trained detectors, docs/deployment.md.)
     In the int8 graph it runs in float between a dequantize and a quantize whose qparams
     are fixed to that grid, so the next conv reads the level codes.
     """
@@ -101,7 +101,8 @@ class LevelInput(nn.Module):
             self.zero_point = _SIGNED_ZERO_POINT if table.grid.qmin < 0 else 0
         else:
             signed = bool(levels[0] < 0)
-            self.step = _level_grid_step(levels, 127 if signed else 255)
+            span = float(levels.abs().max().clamp_min(1e-12))
+            self.step = span / (127 if signed else 255)
             self.zero_point = _SIGNED_ZERO_POINT if signed else 0
             self.exact = False
         on_grid = torch.round(levels / self.step) * self.step
@@ -121,21 +122,6 @@ class LevelInput(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels.numel()}, step={self.step:.6g}, exact={self.exact}"
-
-
-def _level_grid_step(levels: torch.Tensor, codes: int) -> float:
-    """The step of the 8-bit grid for non-uniform levels: ``max|level| / n``, n in
-    [codes / 2, codes], chosen so that the largest rounding error of any level is smallest.
-
-    n = codes gives the finest grid, whose error is up to half a step; another n of the
-    same order often puts the few 2- and 3-bit levels much nearer to codes (the largest
-    level is exact for every n).
-    """
-    span = float(levels.abs().max().clamp_min(1e-12))
-    counts = torch.arange(codes, codes // 2 - 1, -1, dtype=torch.float64)  # finest first: ties keep it
-    steps = span / counts
-    errors = ((levels[None, :] / steps[:, None]).round() * steps[:, None] - levels[None, :]).abs().max(dim=1).values
-    return float(steps[int(errors.argmin())])
 
 
 def int8_weight_codes(codes: WeightCodes) -> tuple[torch.Tensor, float] | None:

@@ -148,26 +148,6 @@ def test_int8_level_tables_map_every_input_code_as_the_float_op():
     assert not level.exact and level.max_level_error <= level.step / 2 + 1e-9
 
 
-@pytest.mark.parametrize("levels", [[0.0, 0.4284, 1.2702, 2.9244], [0.0, 0.05, 0.13, 0.31, 0.7, 1.5, 3.3, 7.2], [-1.9, -0.6, 0.0, 0.45]])
-def test_level_grid_is_the_8_bit_grid_that_rounds_the_levels_least(levels):
-    """Brute force over every grid whose top code is the largest level (n codes, n from
-    half to all of the 8-bit range): the chosen step rounds the levels least, and never
-    worse than the finest grid."""
-    from qmdd.deploy._int8 import _level_grid_step
-
-    levels = torch.tensor(levels, dtype=torch.float64)
-    codes = 127 if levels.min() < 0 else 255
-    span = float(levels.abs().max())
-
-    def error(step: float) -> float:
-        return float(((levels / step).round() * step - levels).abs().max())
-
-    step = _level_grid_step(levels, codes)
-    assert round(span / step) in range(codes // 2, codes + 1) and abs(span / step - round(span / step)) < 1e-9
-    assert error(step) == pytest.approx(min(error(span / n) for n in range(codes // 2, codes + 1)), abs=1e-15)
-    assert error(step) <= error(span / codes) <= span / codes / 2
-
-
 @pytest.mark.parametrize("family", ["n2uq", "slr"])
 def test_int8_chain_reads_the_fake_quant_codes(family):
     """On a conv chain without residuals, the int8 model's inputs to every low-bit conv are
