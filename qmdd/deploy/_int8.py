@@ -393,7 +393,7 @@ def _lower_level_inputs(graph_module, lookup: bool = True) -> None:
         if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
             continue  # left as a float op: still correct, only slower
         level, producer = graph_module.get_submodule(node.target), dequant.args[0]
-        consumer = dequant
+        consumer = node
         if lookup:
             name = f"{node.target.replace('.', '_')}_int8"
             graph_module.add_submodule(name, Int8LevelInput(level))
@@ -409,7 +409,13 @@ def _lower_level_inputs(graph_module, lookup: bool = True) -> None:
         current = _current_qparams(graph_module, source)
         thresholds = torch.cat([level.thresholds for _, level in consumers])
         readers = {node for node, _ in consumers}
-        if current is None or float(thresholds.min()) <= 0 or not all(user in readers for user in source.users):
+        # Without the lookup a dequantize sits between: it must feed level inputs only too
+        # (a shared one also feeds, e.g., a float downsample conv on the shortcut).
+        only_tables = all(
+            user in readers or (user.op == "call_method" and user.target == "dequantize" and all(u in readers for u in user.users))
+            for user in source.users
+        )
+        if current is None or float(thresholds.min()) <= 0 or not only_tables:
             continue
         narrow = float(thresholds.max()) / 254.5  # the last threshold half a code below the top
         if narrow < current[0]:

@@ -149,6 +149,22 @@ def test_int8_level_tables_map_every_input_code_as_the_float_op():
 
 
 @pytest.mark.parametrize("family", ["n2uq", "slr"])
+@pytest.mark.parametrize("block", ["plain", "cqb"])
+def test_level_tables_and_float_level_inputs_compute_the_same_model(family, block):
+    """The ONNX export's graph (``level_lookup=False``: level inputs as float ops between a
+    dequantize and a quantize) is the int8 model's (256-entry tables) op for op, narrowed
+    producers included; a producer whose dequantized values also feed something else (the
+    float downsample conv of trunc_resnet18's layer2) keeps its full range in both."""
+    model, _ = _detector(family, block)
+    calibration = [torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))]
+    x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        tables = to_int8(model, calibration)(x)
+        float_ops = to_int8(model, calibration, level_lookup=False)(x)
+    assert torch.allclose(tables, float_ops, atol=1e-5), (tables - float_ops).abs().max()
+
+
+@pytest.mark.parametrize("family", ["n2uq", "slr"])
 def test_int8_chain_reads_the_fake_quant_codes(family):
     """On a conv chain without residuals, the int8 model's inputs to every low-bit conv are
     the fake-quant model's levels for almost every element (their producers are 8-bit)."""
