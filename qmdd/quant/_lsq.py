@@ -27,6 +27,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from qmdd.quant._base import ActivationQuantizer, Quantizer, UniformGrid, WeightCodes, signed_range
 from qmdd.quant._native import native_applies, native_lsq
@@ -112,6 +113,7 @@ class _LSQNativeFakeQuant(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
     def backward(ctx, grad_output):  # type: ignore[override]
         x, out, step, grad_scale = ctx.saved_tensors
         grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, out, step, ctx.qmin, ctx.qmax)
@@ -139,12 +141,19 @@ def lsq_fake_quant(
     :class:`_LSQFakeQuant`: the same values.
     """
     step = step.clamp_min(_MIN_STEP)
-    one_per_tensor_or_slice = step.numel() == 1 or (x.dim() > 0 and step.numel() == x.shape[0] == step.shape[0])
-    if one_per_tensor_or_slice and step.dtype == torch.float32 and native_applies(x):
+    if native_applies(x) and step.dtype == torch.float32 and _one_step_per_tensor_or_slice(x, step):
         kernels = native_lsq()
         if kernels is not None:
             return _LSQNativeFakeQuant.apply(x, step, qmin, qmax, grad_scale, kernels)
     return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale)
+
+
+def _one_step_per_tensor_or_slice(x: torch.Tensor, step: torch.Tensor) -> bool:
+    """A 0-dim step, or one per slice of dim 0 shaped (C, 1, ..., 1) like ``x``: the two
+    layouts the native kernel reads (any other broadcast keeps the chain)."""
+    if step.dim() == 0:
+        return True
+    return step.dim() == x.dim() and step.shape[0] == x.shape[0] and all(size == 1 for size in step.shape[1:])
 
 
 def _init_step(mean_abs: torch.Tensor, qmax: int) -> torch.Tensor:

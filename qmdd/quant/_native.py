@@ -4,7 +4,7 @@ Fake quantization does a few flops per element, so on the CPU its cost is memory
 the LSQ chain of ``_lsq.py`` makes five passes forward and four backward over an
 activation, each a separate PyTorch operator. ``native/lsq.cpp`` does the same arithmetic
 in one pass each way (the backward recomputes the inside-the-range mask from ``x`` instead
-of storing it): 3.4x less time for forward + backward of a 16x96x56x56 activation on one
+of storing it): 3.3x less time for forward + backward of a 16x96x56x56 activation on one
 thread (docs/performance.md). Forward values and input gradients are bit for bit those of
 the chain; the step gradient's sum is accumulated in double, so it matches to float
 rounding.
@@ -12,14 +12,17 @@ rounding.
 The kernel is compiled by :func:`torch.utils.cpp_extension.load` (Ninja and the system
 C++ compiler) the first time a process needs it, about a minute, and cached by PyTorch
 under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) for later
-processes. Where it cannot be built (no compiler), qmdd says so once and keeps the Python
+processes, one build per CPU model. Tracing and compilation (FX, TorchScript, ONNX export
+of the fake-quant model, ``torch.compile``) always see the Python chain. Where it cannot be built (no compiler), qmdd says so once and keeps the Python
 chain, which gives the same results. ``QMDD_NATIVE_KERNELS=0`` skips the build.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import sys
 import threading
 import warnings
@@ -35,18 +38,39 @@ NATIVE_ENV = "QMDD_NATIVE_KERNELS"
 
 _SOURCE = Path(__file__).with_name("native") / "lsq.cpp"
 _state: dict[str, ModuleType | None] = {}
+_build_lock = threading.Lock()
 
 
 def native_applies(x: torch.Tensor) -> bool:
-    """The kernels take contiguous float32 CPU tensors; anything else keeps the chain."""
+    """The kernels take contiguous float32 CPU tensors, outside tracing and compilation
+    (FX, TorchScript, ONNX export and ``torch.compile`` see the Python chain, which they
+    can trace); anything else keeps the chain."""
+    if not isinstance(x, torch.Tensor) or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+        return False
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
 
 
 def native_lsq() -> ModuleType | None:
     """The compiled LSQ kernels, or None (disabled, or the build failed: said once)."""
     if "lsq" not in _state:
-        _state["lsq"] = _build() if os.environ.get(NATIVE_ENV, "1") != "0" else None
+        with _build_lock:
+            if "lsq" not in _state:
+                _state["lsq"] = _build() if os.environ.get(NATIVE_ENV, "1") != "0" else None
     return _state["lsq"]
+
+
+def _cpu_fingerprint() -> str:
+    """A short hash of this CPU's model and instruction-set flags: the kernel is built with
+    -march=native, so a build cache shared between machines (a network home, an image)
+    must not hand one CPU's build to another."""
+    description = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            lines = [line for line in handle if line.startswith(("model name", "flags", "Features"))]
+        description += "".join(sorted(set(lines)))
+    except OSError:
+        description += platform.processor()
+    return hashlib.sha256(description.encode()).hexdigest()[:10]
 
 
 def _build() -> ModuleType | None:
@@ -65,13 +89,22 @@ def _build() -> ModuleType | None:
     try:
         from torch.utils import cpp_extension
 
+        # torch runs `ninja` from PATH: the one the ninja wheel installed may not be on it
+        # (a virtual environment used without activating it).
+        try:
+            import ninja
+
+            if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+                os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.filterwarnings("ignore", message=".*CUDA_HOME.*")
             return cpp_extension.load(
-                name="qmdd_native_lsq",
+                name=f"qmdd_native_lsq_{_cpu_fingerprint()}",
                 sources=[str(_SOURCE)],
-                # Built on the machine that runs it, so its own vector instructions
-                # (-march=native) are safe; -O3 vectorises the loops.
+                # Built for the CPU that runs it (its fingerprint is in the name), so
+                # its own vector instructions (-march=native) are safe; -O3 vectorises.
                 extra_cflags=["-O3", "-march=native"],
                 verbose=False,
             )
