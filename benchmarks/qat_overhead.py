@@ -293,7 +293,10 @@ def main() -> int:
         labels = torch.randint(0, 2, (args.batch,), generator=generator).float()
         variants = build_variants(args, arch, images, labels)
         if args.profile:
-            profile_step(next(v for v in variants if v.name == args.profile), rows=30)
+            named = {v.name: v for v in variants}
+            if args.profile not in named:
+                parser.error(f"--profile {args.profile}: no such variant here; choose from {', '.join(named)}")
+            profile_step(named[args.profile], rows=30)
             continue
         results[arch] = interleaved_step_times(variants, args.rounds, args.steps, args.warmup, clock)
         timing = "CPU time" if args.cpu_time else "wall clock"
