@@ -31,7 +31,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["NATIVE_ENV", "native_lsq", "native_applies"]
+__all__ = ["NATIVE_ENV", "native_lsq", "native_applies", "lsq_kernel_in_use"]
 
 #: Environment variable: "0" keeps the Python chains and never compiles.
 NATIVE_ENV = "QMDD_NATIVE_KERNELS"
@@ -57,6 +57,15 @@ def native_lsq() -> ModuleType | None:
             if "lsq" not in _state:
                 _state["lsq"] = _build() if os.environ.get(NATIVE_ENV, "1") != "0" else None
     return _state["lsq"]
+
+
+def lsq_kernel_in_use() -> str | None:
+    """"native" or "python" once this process has run LSQ fake quantization, else None
+    (recorded with a run: the two kernels' step gradients differ in the last bits, so a
+    run resumed under the other one is not bit-identical)."""
+    if "lsq" not in _state:
+        return None
+    return "native" if _state["lsq"] is not None else "python"
 
 
 def _cpu_fingerprint() -> str:

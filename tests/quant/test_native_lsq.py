@@ -57,7 +57,7 @@ def _both(x: torch.Tensor, step, qmin: int, qmax: int):
 
 
 def test_native_kernel_builds():
-    assert _native.native_lsq() is not None
+    assert _native.native_lsq() is not None and _native.lsq_kernel_in_use() == "native"
 
 
 @pytest.mark.parametrize("qmin,qmax", [(0, 3), (0, 7), (-2, 1), (-4, 3)])
@@ -152,11 +152,13 @@ def test_a_failed_build_is_said_once_and_training_goes_on(monkeypatch):
 
     monkeypatch.setattr(cpp_extension, "load", no_compiler)
     monkeypatch.setattr(_native, "_state", {})
+    assert _native.lsq_kernel_in_use() is None  # not needed yet: nothing to record
     with pytest.warns(RuntimeWarning, match="could not build its native LSQ kernel.*c\\+\\+"):
         assert _native.native_lsq() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _native.native_lsq() is None  # decided once: no second attempt, no second warning
+        assert _native.lsq_kernel_in_use() == "python"
         x = torch.randn(2, 3, 4, 4)
         assert torch.equal(lsq_fake_quant(x, torch.tensor(0.5), 0, 3, GRAD_SCALE), _LSQFakeQuant.apply(x, torch.tensor(0.5), 0, 3, GRAD_SCALE))
 

@@ -1,6 +1,7 @@
 """End-to-end: ``python -m qmdd.train`` on a tiny tree, checkpoints, resume."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -32,6 +33,8 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(w2_run):
         assert (w2_run / name).is_file(), name
     metrics = json.loads((w2_run / "metrics.json").read_text())
     assert metrics["quant"] == "w2a2" and metrics["seen_family"] == "seen"
+    # Which LSQ kernel ran is recorded (their step gradients differ in the last bits).
+    assert metrics["lsq_kernel"] == ("python" if os.environ.get("QMDD_NATIVE_KERNELS") == "0" else "native")
     assert set(metrics["test"]) == {"seen", "unseen"}
     for family in metrics["test"].values():
         assert {"ap", "acc", "real_acc", "fake_acc", "n_real", "n_fake"} <= set(family)
