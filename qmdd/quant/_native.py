@@ -12,9 +12,10 @@ rounding.
 The kernel is compiled by :func:`torch.utils.cpp_extension.load` (Ninja and the system
 C++ compiler) the first time a process needs it, about a minute, and cached by PyTorch
 under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) for later
-processes, one build per CPU model. Tracing and compilation (FX, TorchScript, ONNX export
-of the fake-quant model, ``torch.compile``) always see the Python chain. Where it cannot be built (no compiler), qmdd says so once and keeps the Python
-chain, which gives the same results. ``QMDD_NATIVE_KERNELS=0`` skips the build.
+processes, one build per CPU model. Tracing and compilation (TorchScript, ONNX export of
+the fake-quant model, ``torch.compile``) always see the Python chain. Where it cannot be
+built (no compiler), qmdd says so once and keeps the Python chain, which gives the same
+results. ``QMDD_NATIVE_KERNELS=0`` skips the build.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ _build_lock = threading.Lock()
 
 def native_applies(x: torch.Tensor) -> bool:
     """The kernels take contiguous float32 CPU tensors, outside tracing and compilation
-    (FX, TorchScript, ONNX export and ``torch.compile`` see the Python chain, which they
-    can trace); anything else keeps the chain."""
+    (TorchScript, ONNX export and ``torch.compile`` see the Python chain, which they can
+    trace; an FX proxy is not a tensor); anything else keeps the chain."""
     if not isinstance(x, torch.Tensor) or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
         return False
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
