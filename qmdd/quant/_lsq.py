@@ -30,7 +30,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from qmdd.quant._base import ActivationQuantizer, Quantizer, UniformGrid, WeightCodes, signed_range
-from qmdd.quant._native import native_applies, native_lsq
+from qmdd.quant._native import native_applies, native_kernels
 
 __all__ = ["LSQWeightQuantizer", "LSQActivationQuantizer", "lsq_fake_quant", "LSQ_MIN_STEP"]
 
@@ -142,7 +142,7 @@ def lsq_fake_quant(
     """
     step = step.clamp_min(_MIN_STEP)
     if native_applies(x) and step.dtype == torch.float32 and _one_step_per_tensor_or_slice(x, step):
-        kernels = native_lsq()
+        kernels = native_kernels()
         if kernels is not None:
             return _LSQNativeFakeQuant.apply(x, step, qmin, qmax, grad_scale, kernels)
     return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale)

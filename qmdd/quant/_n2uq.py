@@ -44,6 +44,8 @@ whole-tensor operators (``_N2UQFakeQuant``, ``_N2UQWeightFakeQuant``; their docs
 the rewriting). The textbook compositions they replace are kept as
 :func:`n2uq_fake_quant_reference` and :func:`n2uq_weight_fake_quant_reference`, the
 definitions ``tests/quant/test_fused_n2uq_slr.py`` checks them against (``docs/performance.md``).
+On a float32 CPU tensor the activation form runs in the native kernel ``native/n2uq.h``
+(:class:`_N2UQNativeFakeQuant`, ``tests/quant/test_native_kernels.py``).
 """
 
 from __future__ import annotations
@@ -52,10 +54,12 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from qmdd.quant._base import ActivationQuantizer, LevelTable, Quantizer, UniformGrid, WeightCodes
 from qmdd.quant._base import element_blocks, signed_range
+from qmdd.quant._native import native_applies, native_kernels
 
 __all__ = [
     "N2UQActivationQuantizer",
@@ -258,6 +262,48 @@ class _N2UQFakeQuant(torch.autograd.Function):
         return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None
 
 
+class _N2UQNativeFakeQuant(torch.autograd.Function):
+    """:class:`_N2UQFakeQuant` in the C++ kernel of :mod:`qmdd.quant._native`: one pass
+    forward (the code from the threshold comparisons, the output), one backward that finds
+    each element's code and slope again from ``x`` and reduces the start, scale and ramp
+    sums in the same pass. Kept: ``x`` only (the Python form keeps two rows per element)."""
+
+    @staticmethod
+    def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool, kernels):  # type: ignore[override]
+        levels = widths.numel() + 1  # n
+        thresholds = n2uq_thresholds(start, widths)
+        end = thresholds[-1] + widths[-1]
+        bounds = torch.cat([thresholds, end.reshape(1)]).to(x.dtype)
+        step = scale * (2.0 / levels)
+        out = kernels.n2uq_forward(x, bounds, float(step), qmin)
+        if train:
+            ctx.save_for_backward(x, bounds, thresholds, torch.cat([widths, widths[-1:]]), step, grad_scale)
+            ctx.levels, ctx.qmin, ctx.kernels = levels, qmin, kernels
+        return out
+
+    @staticmethod
+    @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
+    def backward(ctx, grad_output):  # type: ignore[override]
+        x, bounds, thresholds, interval_widths, step, grad_scale = ctx.saved_tensors
+        slopes = (step / interval_widths).to(x.dtype)  # Delta / a, as the Python form divides
+        origins, spans = _ramp_parameters(thresholds.to(x.dtype), interval_widths.to(x.dtype))
+        with_sums = any(ctx.needs_input_grad[1:4])
+        grad_x, sums = ctx.kernels.n2uq_backward(
+            grad_output.contiguous(), x, bounds, slopes, origins, spans, ctx.qmin, with_sums, ctx.needs_input_grad[2]
+        )
+        grad_start = grad_widths = grad_scale_param = None
+        if with_sums:
+            sums = sums.to(x.dtype) * grad_scale
+            grad_start = -sums[0]
+            grad_scale_param = sums[1] * (2.0 / ctx.levels)
+            if ctx.needs_input_grad[2]:
+                per_ramp = sums[2:]
+                grad_widths = -per_ramp[:-1]
+                grad_widths[-1] -= per_ramp[-1]  # the extra interval above T_n reuses the last width
+        grad_x = grad_x if ctx.needs_input_grad[0] else None
+        return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None, None
+
+
 def _ramp_parameters(thresholds: torch.Tensor, interval_widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Origin and span of each width's ramp r_j(x) = clip((x - origin_j) / span_j, 0, 1).
 
@@ -292,13 +338,19 @@ def n2uq_fake_quant(
     """N2UQ activation quantization (module docstring) with its GSTE backward.
 
     ``widths`` must be positive (the quantizer's parametrisation guarantees it). The
-    staircase runs as the fused :class:`_N2UQFakeQuant` up to 4 bits; 8-bit grids (255
-    thresholds: its masks would take 256 floats per element) and ``surrogate=True``
-    (finite-difference checks only) run :func:`n2uq_fake_quant_reference`.
+    staircase runs, up to 4 bits, in the native kernel (:class:`_N2UQNativeFakeQuant`) on
+    a float32 CPU tensor when it is built, else as the fused :class:`_N2UQFakeQuant`: the
+    same values. 8-bit grids (255 thresholds: the fused form's masks would take 256 floats
+    per element) and ``surrogate=True`` (finite-difference checks only) run
+    :func:`n2uq_fake_quant_reference`.
     """
     if surrogate or widths.numel() + 1 > _FUSED_MAX_LEVELS:
         return n2uq_fake_quant_reference(x, start, widths, scale, qmin, grad_scale, surrogate)
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, start, widths, scale))
+    if native_applies(x) and widths.numel() + 1 in (3, 7, 15) and all(t.dtype == torch.float32 for t in (start, widths, scale)):
+        kernels = native_kernels()
+        if kernels is not None:
+            return _N2UQNativeFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train, kernels)
     return _N2UQFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train)
 
 

@@ -1,21 +1,23 @@
 """Native (C++) fake-quantization kernels, compiled on first use.
 
-Fake quantization does a few flops per element, so on the CPU its cost is memory passes:
-the LSQ chain of ``_lsq.py`` makes five passes forward and four backward over an
-activation, each a separate PyTorch operator. ``native/lsq.cpp`` does the same arithmetic
-in one pass each way (the backward recomputes the inside-the-range mask from ``x`` instead
-of storing it): 3.3x less time for forward + backward of a 16x96x56x56 activation on one
-thread (docs/performance.md). Forward values and input gradients are bit for bit those of
-the chain; the step gradient's sum is accumulated in double, so it matches to float
-rounding.
+Fake quantization does a few flops per element, so on the CPU its cost is memory passes
+and operator calls: the LSQ chain of ``_lsq.py`` makes five passes forward and four
+backward over an activation, each a separate PyTorch operator, and the fused Python forms
+of SLR and N2UQ still run some twenty operators per block. ``native/`` does the same
+arithmetic in one pass each way per family (``lsq.h``, ``n2uq.h``, ``slr.h``; SLR's log
+runs as torch's own ``log1p`` on cache-sized blocks, and its exp is a lookup: it is only
+ever taken at the 2^b codes). Forward values and input gradients are bit for bit those of
+the Python forms; parameter-gradient sums are accumulated in double over fixed chunks
+(the same on any thread count), so they match to float rounding. Measured in
+docs/performance.md.
 
-The kernel is compiled by :func:`torch.utils.cpp_extension.load` (Ninja and the system
-C++ compiler) the first time a process needs it, about a minute, and cached by PyTorch
+The kernels are compiled by :func:`torch.utils.cpp_extension.load` (Ninja and the system
+C++ compiler) the first time a process needs them, about a minute, and cached by PyTorch
 under ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``) for later
-processes, one build per CPU model. Tracing and compilation (TorchScript, ONNX export of
-the fake-quant model, ``torch.compile``) always see the Python chain. Where it cannot be
-built (no compiler), qmdd says so once and keeps the Python chain, which gives the same
-results. ``QMDD_NATIVE_KERNELS=0`` skips the build.
+processes, one build per CPU model and source version. Tracing and compilation
+(TorchScript, ONNX export of the fake-quant model, ``torch.compile``) always see the
+Python forms. Where the kernels cannot be built (no compiler), qmdd says so once and keeps
+the Python forms, which give the same results. ``QMDD_NATIVE_KERNELS=0`` skips the build.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["NATIVE_ENV", "native_lsq", "native_applies", "lsq_kernel_in_use"]
+__all__ = ["NATIVE_ENV", "native_kernels", "native_applies", "kernels_in_use"]
 
 #: Environment variable: "0" keeps the Python chains and never compiles.
 NATIVE_ENV = "QMDD_NATIVE_KERNELS"
 
-_SOURCE = Path(__file__).with_name("native") / "lsq.cpp"
+_SOURCE_DIR = Path(__file__).with_name("native")
+_SOURCE = _SOURCE_DIR / "kernels.cpp"  # includes the family headers: one translation unit
 _state: dict[str, ModuleType | None] = {}
 _build_lock = threading.Lock()
 
@@ -51,28 +54,30 @@ def native_applies(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.is_contiguous()
 
 
-def native_lsq() -> ModuleType | None:
-    """The compiled LSQ kernels, or None (disabled, or the build failed: said once)."""
-    if "lsq" not in _state:
+def native_kernels() -> ModuleType | None:
+    """The compiled kernels, or None (disabled, or the build failed: said once)."""
+    if "kernels" not in _state:
         with _build_lock:
-            if "lsq" not in _state:
-                _state["lsq"] = _build() if os.environ.get(NATIVE_ENV, "1") != "0" else None
-    return _state["lsq"]
+            if "kernels" not in _state:
+                _state["kernels"] = _build() if os.environ.get(NATIVE_ENV, "1") != "0" else None
+    return _state["kernels"]
 
 
-def lsq_kernel_in_use() -> str | None:
-    """"native" or "python" once this process has run LSQ fake quantization, else None
-    (recorded with a run: the two kernels' step gradients differ in the last bits, so a
-    run resumed under the other one is not bit-identical)."""
-    if "lsq" not in _state:
+def kernels_in_use() -> str | None:
+    """"native" or "python" once this process has run fake quantization on the CPU, else
+    None (recorded with a run: the two forms' parameter gradients differ in the last bits,
+    so a run resumed under the other one is not bit-identical)."""
+    if "kernels" not in _state:
         return None
-    return "native" if _state["lsq"] is not None else "python"
+    return "native" if _state["kernels"] is not None else "python"
 
 
-def _cpu_fingerprint() -> str:
-    """A short hash of this CPU's model and instruction-set flags: the kernel is built with
-    -march=native, so a build cache shared between machines (a network home, an image)
-    must not hand one CPU's build to another."""
+def _build_fingerprint() -> str:
+    """A short hash of this CPU's model and instruction-set flags and of the kernel
+    sources: the kernels are built with -march=native, so a build cache shared between
+    machines (a network home, an image) must not hand one CPU's build to another, and a
+    build of older sources (PyTorch's cache tracks ``kernels.cpp``, not the headers it
+    includes) must not be loaded for newer ones."""
     description = platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -80,7 +85,11 @@ def _cpu_fingerprint() -> str:
         description += "".join(sorted(set(lines)))
     except OSError:
         description += platform.processor()
-    return hashlib.sha256(description.encode()).hexdigest()[:10]
+    digest = hashlib.sha256(description.encode())
+    for source in sorted(_SOURCE_DIR.iterdir()):
+        if source.suffix in (".cpp", ".h"):
+            digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def _build() -> ModuleType | None:
@@ -92,7 +101,7 @@ def _build() -> ModuleType | None:
     # Loading a kernel built before takes well under a second; say something only when
     # it is being compiled, which takes long enough to look like a hang.
     notice = threading.Timer(2.0, lambda: print(
-        f"qmdd: compiling the native LSQ kernel (once per machine, about a minute; {NATIVE_ENV}=0 skips it)",
+        f"qmdd: compiling the native fake-quantization kernels (once per machine, about a minute; {NATIVE_ENV}=0 skips it)",
         file=sys.stderr, flush=True))
     notice.daemon = True
     notice.start()
@@ -111,18 +120,21 @@ def _build() -> ModuleType | None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*CUDA_HOME.*")
             return cpp_extension.load(
-                name=f"qmdd_native_lsq_{_cpu_fingerprint()}",
+                name=f"qmdd_native_{_build_fingerprint()}",
                 sources=[str(_SOURCE)],
                 # Built for the CPU that runs it (its fingerprint is in the name), so
-                # its own vector instructions (-march=native) are safe; -O3 vectorises.
-                extra_cflags=["-O3", "-march=native"],
+                # its own vector instructions (-march=native) are safe; -O3 vectorises,
+                # and may turn branches into selects when told floating-point operations
+                # do not trap (which changes no value); no fused multiply-adds that the
+                # Python forms do not make (bit-exact values).
+                extra_cflags=["-O3", "-march=native", "-fno-trapping-math", "-ffp-contract=off"],
                 verbose=False,
             )
     except Exception as error:  # a missing compiler or Ninja surfaces as many error types
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
-            f"qmdd could not build its native LSQ kernel ({first_line}); training continues with the "
-            f"Python kernels (same results, slower). Set {NATIVE_ENV}=0 to skip the attempt.",
+            f"qmdd could not build its native fake-quantization kernels ({first_line}); training continues "
+            f"with the Python forms (same results, slower). Set {NATIVE_ENV}=0 to skip the attempt.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -44,9 +44,11 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from qmdd.quant._base import ActivationQuantizer, LevelTable, element_blocks
 from qmdd.quant._lsq import _MIN_STEP
+from qmdd.quant._native import native_applies, native_kernels
 
 __all__ = ["SLRActivationQuantizer", "slr_fake_quant", "slr_fake_quant_reference", "slr_levels", "slr_thresholds"]
 
@@ -206,6 +208,44 @@ class _SLRFakeQuant(torch.autograd.Function):
         return grad_x, grad_step, grad_shift, None, None, None, None
 
 
+#: Grids the native kernel takes: 2, 3 and 4 bits (an 8-bit grid, e.g. a first layer at
+#: ``quant.first_layer_bits=8``, runs the fused Python form).
+_NATIVE_LEVELS = (4, 8, 16)
+
+
+class _SLRNativeFakeQuant(torch.autograd.Function):
+    """:class:`_SLRFakeQuant` in the C++ kernel of :mod:`qmdd.quant._native`: the same
+    per-element arithmetic in two passes over cache-sized blocks forward (torch's log1p
+    between them; the exp looked up in ``exp(|k s|)`` for the 2^b codes k, computed here
+    with torch.exp on the codes' products, as the Python form computes it per element),
+    one pass backward. Kept: A and B (the Python form keeps C too; here C = out - A x is
+    recomputed from the input and output, which the neighbouring layers keep anyway)."""
+
+    @staticmethod
+    def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool, kernels):  # type: ignore[override]
+        growth = torch.arange(qmin, qmax + 1, dtype=x.dtype) * step  # q = k s, as the Python form
+        if qmin < 0:
+            growth = growth.abs()
+        growth = growth.exp_()
+        with_rows = train and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
+        out, slope_x, b_row = kernels.slr_forward(x, growth, float(step), float(shift), qmin, qmax, train, with_rows)
+        if train:
+            ctx.save_for_backward(x, out, slope_x, b_row, shift, grad_scale)
+            ctx.kernels = kernels
+        return out
+
+    @staticmethod
+    @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
+    def backward(ctx, grad_output):  # type: ignore[override]
+        x, out, slope_x, b_row, shift, grad_scale = ctx.saved_tensors
+        grad_x, sums = ctx.kernels.slr_backward(grad_output.contiguous(), x, out, slope_x, b_row)
+        grad_step = grad_shift = None
+        if sums is not None:
+            sums = sums.to(shift.dtype) * grad_scale
+            grad_step, grad_shift = sums[0], sums[1] / shift
+        return grad_x if ctx.needs_input_grad[0] else None, grad_step, grad_shift, None, None, None, None, None
+
+
 def slr_fake_quant(
     x: torch.Tensor,
     step: torch.Tensor,
@@ -217,13 +257,24 @@ def slr_fake_quant(
 ) -> torch.Tensor:
     """SLR quantize-dequantize of ``x`` (module docstring); ``step`` and ``shift`` > 0.
 
-    Runs the fused :class:`_SLRFakeQuant`; ``surrogate=True`` (finite-difference checks
-    only) runs :func:`slr_fake_quant_reference`.
+    Runs the native kernel (:class:`_SLRNativeFakeQuant`) on a float32 CPU tensor at 2 to 4
+    bits when it is built, else the fused :class:`_SLRFakeQuant`: the same values. ``surrogate=True``
+    (finite-difference checks only) runs :func:`slr_fake_quant_reference`.
     """
     if surrogate:
         return slr_fake_quant_reference(x, step, shift, qmin, qmax, grad_scale, True)
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, step, shift))
-    return _SLRFakeQuant.apply(x, step.clamp_min(_MIN_STEP), shift, qmin, qmax, grad_scale, train)
+    step = step.clamp_min(_MIN_STEP)
+    if (
+        native_applies(x)
+        and qmax - qmin + 1 in _NATIVE_LEVELS
+        and step.dtype == shift.dtype == torch.float32
+        and step.dim() == shift.dim() == 0
+    ):
+        kernels = native_kernels()
+        if kernels is not None:
+            return _SLRNativeFakeQuant.apply(x, step, shift, qmin, qmax, grad_scale, train, kernels)
+    return _SLRFakeQuant.apply(x, step, shift, qmin, qmax, grad_scale, train)
 
 
 def slr_fake_quant_reference(

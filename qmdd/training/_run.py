@@ -30,7 +30,7 @@ from qmdd.data import LoadFailure, TolerantImageSet, TrainingData, build_trainin
 from qmdd.detector import build_detector, resolve_model_defaults, validate_config
 from qmdd.metrics import BinaryMetrics, binary_metrics, mean_metrics
 from qmdd.quant import calibrate
-from qmdd.quant._native import lsq_kernel_in_use
+from qmdd.quant._native import kernels_in_use
 from qmdd.run_folder import BEST_CHECKPOINT, CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, RunFolderBusy, RunFolderLock, default_run_dir, remove_stale_temporaries
 from qmdd.training._callbacks import Checkpointer, CheckpointWriteError, PlateauLRSchedule, TensorBoardLogger
 from qmdd.training._distill import DistillationLoss, init_state_dict, load_teacher
@@ -367,7 +367,7 @@ def write_results(session: RunSession, per_set: dict[str, BinaryMetrics], thresh
         "train_time_s": round(state.elapsed_s, 2),
         "train_images": len(data.train),
         "world_size": session.ctx.world_size,
-        "lsq_kernel": lsq_kernel_in_use(),  # native C++ or the Python chain (qmdd/quant/_native.py)
+        "fake_quant_kernels": kernels_in_use(),  # native C++ or the Python forms (qmdd/quant/_native.py)
         # What quantization saves, counted for the trained input size (docs/deployment.md).
         "cost": cost_summary(session.model, config.data.crop_size),
     }

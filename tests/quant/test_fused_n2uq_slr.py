@@ -5,6 +5,9 @@ The fused autograd Functions (``n2uq_fake_quant``, ``n2uq_weight_fake_quant``,
 (``*_reference``, the former implementations), on random tensors and at the range
 boundaries: inputs exactly on thresholds, levels, rounding ties and clip limits (and one
 float step either side), zeros of both signs, negatives on unsigned and signed grids.
+Every test runs twice (the ``form`` fixture): with the fused Python forms, and with the
+native kernels, which float32 CPU inputs at 2 to 4 bits dispatch to (float64 and 8-bit
+grids keep the fused forms); the native kernels are held to the same bounds.
 
 What "the same" means, and why:
 
@@ -18,7 +21,7 @@ What "the same" means, and why:
 - **parameter gradients** (N2UQ start, widths and output scale; SLR step and shift): sums
   over every element of per-element terms that are the reference's to a rounding or two,
   summed in another order (BLAS or pairwise reductions against scatter-adds and pairwise
-  sums). Reordering a sum of N terms moves it by at most ~log2(N) eps sum|terms| for the
+  sums; the native kernels' 16 float lanes of at most 64 terms each, flushed into double). Reordering a sum of N terms moves it by at most ~log2(N) eps sum|terms| for the
   blocked/pairwise reductions used, so the bound used is ``64 eps sum|terms|`` with the
   terms' magnitudes taken from the reference's own per-element factors (~4x log2(N) for
   the sizes here). In float64 that is ~1e-14 of sum|terms|: a gradcheck-strength equality.
@@ -27,11 +30,12 @@ What "the same" means, and why:
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
 
-from qmdd.quant import N2UQActivationQuantizer, N2UQWeightQuantizer, SLRActivationQuantizer
+from qmdd.quant import N2UQActivationQuantizer, N2UQWeightQuantizer, SLRActivationQuantizer, _native
 from qmdd.quant._n2uq import (
     n2uq_fake_quant,
     n2uq_fake_quant_reference,
@@ -42,6 +46,19 @@ from qmdd.quant._n2uq import (
 from qmdd.quant._slr import slr_fake_quant, slr_fake_quant_reference
 
 DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture(params=["fused", "native"], autouse=True)
+def form(request, monkeypatch):
+    """Runs each test with the fused Python forms ("fused": the native kernels reported
+    unavailable) and with the native kernels ("native": built, as CI builds them)."""
+    if request.param == "fused":
+        monkeypatch.setitem(_native._state, "kernels", None)
+    elif os.environ.get(_native.NATIVE_ENV) == "0":
+        pytest.skip(f"{_native.NATIVE_ENV}=0")
+    else:
+        assert _native.native_kernels() is not None
+    return request.param
 
 
 def _eps(dtype: torch.dtype) -> float:

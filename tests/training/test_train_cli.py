@@ -34,7 +34,7 @@ def test_run_folder_holds_config_metrics_checkpoints_and_curves(w2_run):
     metrics = json.loads((w2_run / "metrics.json").read_text())
     assert metrics["quant"] == "w2a2" and metrics["seen_family"] == "seen"
     # Which LSQ kernel ran is recorded (their step gradients differ in the last bits).
-    assert metrics["lsq_kernel"] == ("python" if os.environ.get("QMDD_NATIVE_KERNELS") == "0" else "native")
+    assert metrics["fake_quant_kernels"] == ("python" if os.environ.get("QMDD_NATIVE_KERNELS") == "0" else "native")
     assert set(metrics["test"]) == {"seen", "unseen"}
     for family in metrics["test"].values():
         assert {"ap", "acc", "real_acc", "fake_acc", "n_real", "n_fake"} <= set(family)

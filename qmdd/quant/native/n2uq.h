@@ -1,0 +1,128 @@
+// N2UQ activation fake quantization (qmdd/quant/_n2uq.py): the fused Python form
+// _N2UQFakeQuant, whose docstring defines the bounds, the GSTE slope and the ramps, in one
+// pass forward and one backward. Nothing per element is kept between them: the backward
+// finds each element's code and slope again from x (n + 1 comparisons, cheaper than
+// writing them out and reading them back).
+#pragma once
+
+#include "common.h"
+
+#include <algorithm>
+#include <tuple>
+#include <type_traits>
+
+namespace qmdd_native {
+
+// One call's n thresholds, by value: the n + 1 bounds T_1 .. T_n and the end of the
+// last interval (ascending), and the GSTE slope Delta / a_k of each interval. Held in
+// the kernel's locals (not read through a pointer), so the element loops vectorise.
+template <int64_t n>
+struct N2UQGrid {
+  float bound[n + 1];
+  float slope[n];
+
+  N2UQGrid(const torch::Tensor& bounds, const torch::Tensor& slopes) {
+    std::copy_n(bounds.data_ptr<float>(), n + 1, bound);
+    if (slopes.defined()) std::copy_n(slopes.data_ptr<float>(), n, slope);
+  }
+  // #{k : x >= T_k}, as the Python form sums its comparison rows (NaN compares false).
+  float code(float x) const {
+    float count = 0.0f;
+#pragma GCC unroll 16  // unrolled, the element loop vectorises
+    for (int64_t k = 0; k < n; ++k) count += static_cast<float>(x >= bound[k]);
+    return count;
+  }
+  // Delta / a of x's interval, 0 outside [T_1, end): the Python form's chain of lerps
+  // up the comparison rows (each row overwrites the slope of what lies at or above it).
+  float slope_at(float x) const {
+    float s = 0.0f;
+#pragma GCC unroll 16
+    for (int64_t k = 0; k < n; ++k) s = x >= bound[k] ? slope[k] : s;
+    return x >= bound[n] ? 0.0f : s;
+  }
+};
+
+// Runs body(std::integral_constant<int64_t, n>) for the threshold counts of 2, 3 and 4
+// bits: a count known at compile time unrolls the loops over the thresholds, so the loop
+// over elements vectorises.
+template <typename Body>
+auto with_threshold_count(int64_t n, Body&& body) {
+  switch (n) {
+    case 3: return body(std::integral_constant<int64_t, 3>{});
+    case 7: return body(std::integral_constant<int64_t, 7>{});
+    case 15: return body(std::integral_constant<int64_t, 15>{});
+  }
+  TORCH_CHECK(false, "qmdd native N2UQ: 3, 7 or 15 thresholds (2 to 4 bits), got ", n);
+}
+
+inline void check_values(const torch::Tensor& t, int64_t count, const char* name) {
+  check(t, name);
+  TORCH_CHECK(t.numel() == count, "qmdd native N2UQ: ", name, " must hold ", count, " values");
+}
+
+// out = (code + qmin) * step.
+inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& bounds, double step, int64_t qmin) {
+  check(x, "x");
+  check(bounds, "bounds");
+  auto out = torch::empty_like(x);
+  const float* in = x.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  const float s = static_cast<float>(step), offset = static_cast<float>(qmin);
+  with_threshold_count(bounds.numel() - 1, [&](auto count) {
+    const N2UQGrid<decltype(count)::value> grid(bounds, torch::Tensor());
+    at::parallel_for(0, x.numel(), kGrain, [=](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) result[i] = (grid.code(in[i]) + offset) * s;
+    });
+    return 0;
+  });
+  return out;
+}
+
+// grad_x = grad * slope(x) and, when with_sums, the float64 sums: sum grad_x,
+// sum grad * (code + qmin), then (when with_ramps) for each of the n ramps
+// r_j(x) = clip((x - origin_j) / span_j, 0, 1), sum grad_x * r_j.
+inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& bounds,
+                                                              const torch::Tensor& slopes, const torch::Tensor& origins,
+                                                              const torch::Tensor& spans, int64_t qmin, bool with_sums, bool with_ramps) {
+  check(grad, "grad");
+  check(x, "x");
+  const int64_t n_thresholds = bounds.numel() - 1;
+  check_values(bounds, n_thresholds + 1, "bounds");
+  check_values(slopes, n_thresholds, "slopes");
+  check_values(origins, n_thresholds, "origins");
+  check_values(spans, n_thresholds, "spans");
+  const int64_t n = x.numel();
+  auto grad_x = torch::empty_like(x);
+  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>();
+  const float *origin = origins.data_ptr<float>(), *span = spans.data_ptr<float>();
+  float* gx = grad_x.data_ptr<float>();
+  const float offset = static_cast<float>(qmin);
+  return with_threshold_count(n_thresholds, [&](auto count) -> std::tuple<torch::Tensor, torch::Tensor> {
+    const N2UQGrid<decltype(count)::value> grid(bounds, slopes);
+    if (!with_sums) {
+      at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * grid.slope_at(in[i]);
+      });
+      return {grad_x, torch::Tensor()};
+    }
+    const int64_t width = 2 + (with_ramps ? n_thresholds : 0);
+    auto sums = chunked_sums(n, width, [=](int64_t begin, int64_t end, double* partial) {
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t stop = std::min(end, start + kFlush);
+        partial[0] += lane_sum(start, stop, [=](int64_t i) { return gx[i] = g[i] * grid.slope_at(in[i]); });
+        partial[1] += lane_sum(start, stop, [=](int64_t i) { return g[i] * (grid.code(in[i]) + offset); });
+        for (int64_t j = 0; with_ramps && j < n_thresholds; ++j) {
+          const float o = origin[j], w = span[j];
+          partial[2 + j] += lane_sum(start, stop, [=](int64_t i) {
+            float r = (in[i] - o) / w;
+            r = r < 0.0f ? 0.0f : (r > 1.0f ? 1.0f : r);  // NaN stays NaN, as torch.clamp
+            return gx[i] * r;
+          });
+        }
+      }
+    });
+    return {grad_x, sums};
+  });
+}
+
+}  // namespace qmdd_native
