@@ -40,6 +40,16 @@ struct N2UQGrid {
     for (int64_t k = 0; k < n; ++k) s = x >= bound[k] ? slope[k] : s;
     return x >= bound[n] ? 0.0f : s;
   }
+  // The backward's per-element values on [0, count): grad_x = grad * slope and
+  // grad * (code + qmin) (restrict pointers: the two stores vectorise).
+  void gradient_terms(const float* __restrict__ g, const float* __restrict__ in, float* __restrict__ gx,
+                      float* __restrict__ level_terms, int64_t count, float offset) const {
+    const N2UQGrid local = *this;  // in registers, not read through this
+    for (int64_t i = 0; i < count; ++i) {
+      gx[i] = g[i] * local.slope_at(in[i]);
+      level_terms[i] = g[i] * (local.code(in[i]) + offset);
+    }
+  }
 };
 
 // Runs body(std::integral_constant<int64_t, n>) for the threshold counts of 2, 3 and 4
@@ -107,10 +117,15 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
     }
     const int64_t width = 2 + (with_ramps ? n_thresholds : 0);
     auto sums = chunked_sums(n, width, [=](int64_t begin, int64_t end, double* partial) {
+      // Per sub-chunk, first the per-element values (the grid's unrolled comparisons),
+      // then each sum as a plain loop over them in L1: a loop with both does not
+      // vectorise.
+      float level_terms[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
         const int64_t stop = std::min(end, start + kFlush);
-        partial[0] += lane_sum(start, stop, [=](int64_t i) { return gx[i] = g[i] * grid.slope_at(in[i]); });
-        partial[1] += lane_sum(start, stop, [=](int64_t i) { return g[i] * (grid.code(in[i]) + offset); });
+        grid.gradient_terms(g + start, in + start, gx + start, level_terms, stop - start, offset);
+        partial[0] += lane_sum(start, stop, [=](int64_t i) { return gx[i]; });
+        partial[1] += lane_sum(0, stop - start, [&](int64_t i) { return level_terms[i]; });
         for (int64_t j = 0; with_ramps && j < n_thresholds; ++j) {
           const float o = origin[j], w = span[j];
           partial[2 + j] += lane_sum(start, stop, [=](int64_t i) {
