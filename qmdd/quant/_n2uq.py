@@ -83,6 +83,11 @@ _MIN_RELATIVE_WIDTH = 1e-3
 _FUSED_MAX_LEVELS = 15
 
 
+#: Threshold counts the native kernel takes: 2, 3 and 4 bits (its loops over the
+#: thresholds are unrolled for each).
+_NATIVE_THRESHOLDS = (3, 7, 15)
+
+
 def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
@@ -347,7 +352,7 @@ def n2uq_fake_quant(
     if surrogate or widths.numel() + 1 > _FUSED_MAX_LEVELS:
         return n2uq_fake_quant_reference(x, start, widths, scale, qmin, grad_scale, surrogate)
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, start, widths, scale))
-    if native_applies(x) and widths.numel() + 1 in (3, 7, 15) and all(t.dtype == torch.float32 for t in (start, widths, scale)):
+    if native_applies(x) and widths.numel() + 1 in _NATIVE_THRESHOLDS and all(t.dtype == torch.float32 for t in (start, widths, scale)):
         kernels = native_kernels()
         if kernels is not None:
             return _N2UQNativeFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train, kernels)
