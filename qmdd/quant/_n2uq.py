@@ -491,10 +491,8 @@ class _N2UQWeightFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, bits: int, train: bool = True):  # type: ignore[override]
         levels = 2**bits - 1
-        gamma = levels / 2 ** (bits - 1)
         magnitude = weight.abs()
-        flat = magnitude.view(weight.shape[0], -1)
-        scale = (gamma * flat.mean(dim=1)).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
+        scale = _channel_scale_of(magnitude, bits).view(-1, *([1] * (weight.dim() - 1)))
         normalised = torch.div(weight, scale, out=magnitude)  # one buffer for |w|, v, mask
         if train:
             out = normalised.clamp(-1, 1)
@@ -511,9 +509,43 @@ class _N2UQWeightFakeQuant(torch.autograd.Function):
         return grad_output * inside, None, None
 
 
+class _N2UQWeightNativeFakeQuant(torch.autograd.Function):
+    """:class:`_N2UQWeightFakeQuant` in the C++ kernel of :mod:`qmdd.quant._native`: the
+    channel scales computed here as there (a reduction whose order only torch
+    reproduces), then one pass forward and one backward, which finds the clip mask again
+    from the weight. Kept: the weight (a parameter) and its scales."""
+
+    @staticmethod
+    def forward(ctx, weight, bits: int, train: bool, kernels):  # type: ignore[override]
+        scale = _channel_scale_of(weight.abs(), bits)
+        out = kernels.n2uq_weight_forward(weight, scale, bits)
+        if train:
+            ctx.save_for_backward(weight, scale)
+            ctx.kernels = kernels
+        return out
+
+    @staticmethod
+    @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
+    def backward(ctx, grad_output):  # type: ignore[override]
+        weight, scale = ctx.saved_tensors
+        return ctx.kernels.n2uq_weight_backward(grad_output.contiguous(), weight, scale), None, None, None
+
+
+def _channel_scale_of(magnitude: torch.Tensor, bits: int) -> torch.Tensor:
+    """The per-output-channel scale ((2^b - 1) / 2^(b-1)) * mean|W|, clamped away from 0,
+    from ``magnitude`` = |W|; shape (C,)."""
+    gamma = (2**bits - 1) / 2 ** (bits - 1)
+    return (gamma * magnitude.reshape(magnitude.shape[0], -1).mean(dim=1)).clamp_min(1e-12)
+
+
 def n2uq_weight_fake_quant(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """N2UQ weight quantization (module docstring), fused; clipped straight-through backward."""
+    """N2UQ weight quantization (module docstring) with its clipped straight-through
+    backward: in the native kernel on a float32 CPU tensor when it is built, else fused."""
     train = torch.is_grad_enabled() and weight.requires_grad
+    if native_applies(weight) and weight.dim() > 0:
+        kernels = native_kernels()
+        if kernels is not None:
+            return _N2UQWeightNativeFakeQuant.apply(weight, bits, train, kernels)
     return _N2UQWeightFakeQuant.apply(weight, bits, train)
 
 
@@ -548,9 +580,7 @@ class N2UQWeightQuantizer(Quantizer):
 
     def _channel_scale(self, weight: torch.Tensor) -> torch.Tensor:
         """Per-channel scale ((2^b - 1) / 2^(b-1)) * mean|W|, shaped to broadcast."""
-        gamma = (2**self.bits - 1) / 2 ** (self.bits - 1)
-        flat = weight.reshape(weight.shape[0], -1)
-        return (gamma * flat.abs().mean(dim=1)).clamp_min(1e-12).view(-1, *([1] * (weight.dim() - 1)))
+        return _channel_scale_of(weight.abs(), self.bits).view(-1, *([1] * (weight.dim() - 1)))
 
     def integer_codes(self, weight: torch.Tensor) -> torch.Tensor:
         """Codes in 0 .. 2^b - 1 (level -1 + 2k / (2^b - 1) of the channel scale)."""

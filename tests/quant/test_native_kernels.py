@@ -23,7 +23,8 @@ import torch
 
 from qmdd.quant import _native
 from qmdd.quant._lsq import _LSQFakeQuant, _LSQNativeFakeQuant, lsq_fake_quant
-from qmdd.quant._n2uq import _N2UQFakeQuant, _N2UQNativeFakeQuant, n2uq_fake_quant
+from qmdd.quant._n2uq import _N2UQFakeQuant, _N2UQNativeFakeQuant, _N2UQWeightFakeQuant, _N2UQWeightNativeFakeQuant, n2uq_fake_quant
+from qmdd.quant._n2uq import n2uq_weight_fake_quant
 from qmdd.quant._slr import _SLRFakeQuant, _SLRNativeFakeQuant, slr_fake_quant
 
 pytestmark = pytest.mark.skipif(os.environ.get(_native.NATIVE_ENV) == "0", reason=f"{_native.NATIVE_ENV}=0")
@@ -223,6 +224,38 @@ def test_native_results_do_not_depend_on_the_thread_count(case):
     assert torch.equal(_bits(out_2), _bits(out_py)) and torch.equal(_bits(gx_2), _bits(gx_py))
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("shape", [(24, 16, 3, 3), (96, 32, 1, 1), (10, 70)])
+def test_native_n2uq_weights_match_the_fused_form(bits, shape):
+    """Per output channel: outputs and gradients bit for bit, weights on the clip limits
+    and on rounding ties (w = 0 sits on one at every width) included, on two threads."""
+    weight = torch.randn(*shape, generator=torch.Generator().manual_seed(5)) * 0.1
+    flat = weight.view(shape[0], -1)
+    levels = 2**bits - 1
+    scale = levels / 2 ** (bits - 1) * flat.abs().mean(dim=1)
+    flat[:, 0] = 0.0
+    flat[1, 1] = scale[1]  # on the clip limit (approximately: the mean moves with it)
+    flat[2, 1] = -3 * scale[2]  # outside it
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(6))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for native in (False, True):
+            w = weight.clone().requires_grad_()
+            if native:
+                out = _N2UQWeightNativeFakeQuant.apply(w, bits, True, _native.native_kernels())
+            else:
+                out = _N2UQWeightFakeQuant.apply(w, bits, True)
+            out.backward(grad_out)
+            results.append((out.detach(), w.grad))
+    finally:
+        torch.set_num_threads(threads)
+    (out_py, gw_py), (out_nat, gw_nat) = results
+    assert torch.equal(_bits(out_nat), _bits(out_py)) and torch.equal(_bits(gw_nat), _bits(gw_py))
+    assert bool((gw_py == 0).any())  # the clip is exercised
+
+
 class _Counting:
     """The compiled kernels, recording the name of each one called."""
 
@@ -256,7 +289,7 @@ def test_lsq_fake_quant_dispatches_per_tensor_and_per_channel_steps_only(monkeyp
     assert calls == ["lsq_forward", "lsq_backward", "lsq_forward"]
 
 
-def test_n2uq_and_slr_dispatch_float32_grids_of_2_to_4_bits_only(monkeypatch):
+def test_n2uq_and_slr_dispatch_float32_inputs_and_grids_of_2_to_4_bits_only(monkeypatch):
     calls = []
     monkeypatch.setitem(_native._state, "kernels", _Counting(calls))
     x = torch.randn(2, 3, 4, 4, requires_grad=True)
@@ -264,7 +297,8 @@ def test_n2uq_and_slr_dispatch_float32_grids_of_2_to_4_bits_only(monkeypatch):
     slr_fake_quant(x, step, shift, 0, 3, GRAD_SCALE).sum().backward()
     widths = torch.full((2,), 0.3, requires_grad=True)
     n2uq_fake_quant(x, torch.tensor(0.1), widths, torch.tensor(0.6), 0, GRAD_SCALE).sum().backward()
-    assert calls == ["slr_forward", "slr_backward", "n2uq_forward", "n2uq_backward"]
+    n2uq_weight_fake_quant(torch.randn(4, 3, 3, 3, requires_grad=True), 2).sum().backward()
+    assert calls == ["slr_forward", "slr_backward", "n2uq_forward", "n2uq_backward", "n2uq_weight_forward", "n2uq_weight_backward"]
     calls.clear()
     # 8-bit grids, float64 and non-contiguous inputs keep the Python forms.
     slr_fake_quant(x.detach(), step, shift, 0, 255, GRAD_SCALE)
@@ -272,6 +306,7 @@ def test_n2uq_and_slr_dispatch_float32_grids_of_2_to_4_bits_only(monkeypatch):
     slr_fake_quant(x.detach().transpose(1, 3), step, shift, 0, 3, GRAD_SCALE)
     n2uq_fake_quant(x.detach(), torch.tensor(0.1), torch.full((254,), 0.01), torch.tensor(0.6), 0, GRAD_SCALE)
     n2uq_fake_quant(x.detach().double(), torch.tensor(0.1).double(), widths.detach().double(), torch.tensor(0.6).double(), 0, GRAD_SCALE)
+    n2uq_weight_fake_quant(torch.randn(4, 3, 3, 3, dtype=torch.float64), 2)
     assert calls == []
 
 

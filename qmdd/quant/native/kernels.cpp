@@ -12,6 +12,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("lsq_backward", &lsq_backward, "LSQ fake-quant backward: input gradient and the step gradient's sums");
   m.def("n2uq_forward", &n2uq_forward, "N2UQ activation forward: (code + qmin) * step");
   m.def("n2uq_backward", &n2uq_backward, "N2UQ GSTE backward: input gradient and the parameter gradients' sums");
+  m.def("n2uq_weight_forward", &n2uq_weight_forward, "N2UQ weight forward, one scale per output channel");
+  m.def("n2uq_weight_backward", &n2uq_weight_backward, "N2UQ weight backward: the clipped straight-through gradient");
   m.def("slr_forward", &slr_forward, "SLR forward: output and, when training, the backward's factors A and B");
   m.def("slr_backward", &slr_backward, "SLR backward: input gradient and the step and shift gradients' sums");
 }

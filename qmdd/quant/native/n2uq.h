@@ -8,6 +8,7 @@
 #include "common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 #include <type_traits>
 
@@ -138,6 +139,64 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
     });
     return {grad_x, sums};
   });
+}
+
+// N2UQ weights (_N2UQWeightFakeQuant), one scale per output channel (dim 0). Python
+// computes the scales as the fused form does (gamma * mean|W_c|, clamped: a reduction
+// whose order only torch reproduces); per element, with v = w / s_c, the fused form's
+// operations in its order: out = (round((clip(v, -1, 1) + 1) * (n / 2)) * (2 / n) - 1) * s_c.
+inline void check_channel_scales(const torch::Tensor& weight, const torch::Tensor& scale) {
+  check(weight, "weight");
+  check(scale, "scale");
+  TORCH_CHECK(weight.dim() > 0 && scale.numel() == weight.size(0), "qmdd native N2UQ: one scale per output channel");
+}
+
+inline torch::Tensor n2uq_weight_forward(const torch::Tensor& weight, const torch::Tensor& scale, int64_t bits) {
+  check_channel_scales(weight, scale);
+  auto out = torch::empty_like(weight);
+  const int64_t channels = weight.size(0), inner = weight.numel() / std::max<int64_t>(1, channels);
+  const float *w = weight.data_ptr<float>(), *s = scale.data_ptr<float>();
+  float* q = out.data_ptr<float>();
+  const double levels = static_cast<double>((int64_t{1} << bits) - 1);
+  // The Python scalars as torch applies them to a float32 tensor: rounded to float.
+  const float half = static_cast<float>(levels / 2), unit = static_cast<float>(2.0 / levels);
+  at::parallel_for(0, channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float sc = s[c];
+      const float* __restrict__ in = w + c * inner;
+      float* __restrict__ result = q + c * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        float v = in[i] / sc;
+        v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);  // NaN passes, as torch.clamp
+        result[i] = (std::nearbyint((v + 1.0f) * half) * unit - 1.0f) * sc;
+      }
+    }
+  });
+  return out;
+}
+
+// grad_w = grad * [clip(v, -1, 1) == v], the fused form's mask, found again from w.
+inline torch::Tensor n2uq_weight_backward(const torch::Tensor& grad, const torch::Tensor& weight, const torch::Tensor& scale) {
+  check_channel_scales(weight, scale);
+  check(grad, "grad");
+  auto grad_w = torch::empty_like(weight);
+  const int64_t channels = weight.size(0), inner = weight.numel() / std::max<int64_t>(1, channels);
+  const float *g = grad.data_ptr<float>(), *w = weight.data_ptr<float>(), *s = scale.data_ptr<float>();
+  float* gw = grad_w.data_ptr<float>();
+  at::parallel_for(0, channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      const float sc = s[c];
+      const float* __restrict__ in = w + c * inner;
+      const float* __restrict__ gi = g + c * inner;
+      float* __restrict__ result = gw + c * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        const float v = in[i] / sc;
+        const float clipped = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+        result[i] = gi[i] * static_cast<float>(clipped == v);
+      }
+    }
+  });
+  return grad_w;
 }
 
 }  // namespace qmdd_native
