@@ -373,6 +373,51 @@ class Int8LevelInput(nn.Module):
         return torch._make_per_tensor_quantized_tensor(codes, self.step, self.zero_point)
 
 
+def _float_islands(graph_module, module_type: type) -> list:
+    """The ``module_type`` nodes that run in float between a ``dequantize`` and a
+    ``quantize_per_tensor`` (convert_fx's island around a float op), which an int8 module
+    can replace; the others stay float ops: still correct, only slower."""
+    islands = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_module" or not isinstance(graph_module.get_submodule(node.target), module_type):
+            continue
+        dequant, users = node.args[0], list(node.users)
+        if getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor:
+            islands.append(node)
+    return islands
+
+
+def _replace_float_island(graph_module, node, int8_module: nn.Module):
+    """Replace ``dequantize -> node -> quantize`` (a :func:`_float_islands` node) by
+    ``int8_module`` on the int8 producer; returns the new node."""
+    graph = graph_module.graph
+    dequant, quantize_node = node.args[0], next(iter(node.users))
+    name = f"{node.target.replace('.', '_')}_int8"
+    graph_module.add_submodule(name, int8_module)
+    with graph.inserting_before(quantize_node):
+        replacement = graph.call_module(name, (dequant.args[0],))
+    quantize_node.replace_all_uses_with(replacement)
+    graph.erase_node(quantize_node)
+    graph.erase_node(node)
+    if not dequant.users:
+        graph.erase_node(dequant)
+    return replacement
+
+
+def _feeds_only(source, readers: set, passes_on) -> bool:
+    """Whether every user of ``source`` is one of ``readers``, or an op that only passes
+    its value on (``passes_on(user)``) to readers: then the producer's 8-bit range may be
+    chosen for those readers alone."""
+    return all(user in readers or (passes_on(user) and all(u in readers for u in user.users)) for user in source.users)
+
+
+def _finish_lowering(graph_module) -> None:
+    graph_module.graph.eliminate_dead_code()
+    graph_module.graph.lint()
+    graph_module.recompile()
+    graph_module.delete_all_unused_submodules()
+
+
 def _lower_level_inputs(graph_module, lookup: bool = True) -> None:
     """With ``lookup``, replace ``dequantize -> LevelInput -> quantize`` by
     :class:`Int8LevelInput`; with or without it, give a producer that feeds only level
@@ -384,46 +429,23 @@ def _lower_level_inputs(graph_module, lookup: bool = True) -> None:
     their calibrated range. Moving their scale so that the thresholds sit between two
     codes (as :class:`Int8LSQInput` does for uniform grids) was tried and lowered the
     agreement of a trained SLR detector (docs/deployment.md)."""
-    graph = graph_module.graph
     by_source: dict = {}
-    for node in list(graph.nodes):
-        if node.op != "call_module" or not isinstance(graph_module.get_submodule(node.target), LevelInput):
-            continue
-        dequant, users = node.args[0], list(node.users)
-        if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
-            continue  # left as a float op: still correct, only slower
-        level, producer = graph_module.get_submodule(node.target), dequant.args[0]
-        consumer = node
-        if lookup:
-            name = f"{node.target.replace('.', '_')}_int8"
-            graph_module.add_submodule(name, Int8LevelInput(level))
-            with graph.inserting_before(users[0]):
-                consumer = graph.call_module(name, (producer,))
-            users[0].replace_all_uses_with(consumer)
-            graph.erase_node(users[0])
-            graph.erase_node(node)
-            if not dequant.users:
-                graph.erase_node(dequant)
+    for node in _float_islands(graph_module, LevelInput):
+        level, producer = graph_module.get_submodule(node.target), node.args[0].args[0]
+        consumer = _replace_float_island(graph_module, node, Int8LevelInput(level)) if lookup else node
         by_source.setdefault(_qparams_source(graph_module, producer), []).append((consumer, level))
     for source, consumers in by_source.items():
         current = _current_qparams(graph_module, source)
         thresholds = torch.cat([level.thresholds for _, level in consumers])
-        readers = {node for node, _ in consumers}
         # Without the lookup a dequantize sits between: it must feed level inputs only too
         # (a shared one also feeds, e.g., a float downsample conv on the shortcut).
-        only_tables = all(
-            user in readers or (user.op == "call_method" and user.target == "dequantize" and all(u in readers for u in user.users))
-            for user in source.users
-        )
+        only_tables = _feeds_only(source, {node for node, _ in consumers}, lambda user: user.op == "call_method" and user.target == "dequantize")
         if current is None or float(thresholds.min()) <= 0 or not only_tables:
             continue
         narrow = float(thresholds.max()) / 254.5  # the last threshold half a code below the top
         if narrow < current[0]:
             _set_output_qparams(graph_module, source, narrow, 0)
-    graph.eliminate_dead_code()
-    graph.lint()
-    graph_module.recompile()
-    graph_module.delete_all_unused_submodules()
+    _finish_lowering(graph_module)
 
 
 class Int8LSQInput(nn.Module):
@@ -516,26 +538,10 @@ def _has_fused_relu(graph_module: nn.Module, node) -> bool:
 def _lower_lsq_inputs(graph_module) -> None:
     """Replace ``dequantize -> LSQInput -> quantize`` by :class:`Int8LSQInput`, and move the
     producers' 8-bit scales onto the LSQ grids (see :class:`Int8LSQInput`)."""
-    graph = graph_module.graph
-    lowered = []
-    for node in list(graph.nodes):
-        if node.op != "call_module" or not isinstance(graph_module.get_submodule(node.target), LSQInput):
-            continue
-        dequant = node.args[0]
-        users = list(node.users)
-        if not (getattr(dequant, "op", None) == "call_method" and dequant.target == "dequantize" and len(users) == 1 and users[0].target is torch.quantize_per_tensor):
-            continue  # left as a float op: still correct, only slower
-        quantize_node = users[0]
-        name = f"{node.target.replace('.', '_')}_int8"
-        graph_module.add_submodule(name, Int8LSQInput(graph_module.get_submodule(node.target)))
-        with graph.inserting_before(quantize_node):
-            replacement = graph.call_module(name, (dequant.args[0],))
-        quantize_node.replace_all_uses_with(replacement)
-        graph.erase_node(quantize_node)
-        graph.erase_node(node)
-        if not dequant.users:
-            graph.erase_node(dequant)
-        lowered.append(replacement)
+    lowered = [
+        _replace_float_island(graph_module, node, Int8LSQInput(graph_module.get_submodule(node.target)))
+        for node in _float_islands(graph_module, LSQInput)
+    ]
     # Producers: put their output on the first LSQ consumer's grid (exactly when all their
     # consumers are LSQ inputs of one step; at step / odd k otherwise, fine enough for the
     # other consumers such as residual additions).
@@ -545,9 +551,8 @@ def _lower_lsq_inputs(graph_module) -> None:
     for source, consumers in by_source.items():
         first = graph_module.get_submodule(consumers[0].target)
         steps = {graph_module.get_submodule(c.target).step for c in consumers}
-        only_lsq = all(
-            user in consumers or (user.op == "call_module" and isinstance(graph_module.get_submodule(user.target), _SHARED_QPARAMS_MODULES) and all(u in consumers for u in user.users))
-            for user in source.users
+        only_lsq = _feeds_only(
+            source, set(consumers), lambda user: user.op == "call_module" and isinstance(graph_module.get_submodule(user.target), _SHARED_QPARAMS_MODULES)
         )
         current = _current_qparams(graph_module, source)
         if current is None:
@@ -563,7 +568,4 @@ def _lower_lsq_inputs(graph_module) -> None:
             k -= 1 - k % 2  # odd (k >= 1 keeps it so), and step / k >= the calibrated scale: no new clipping
             scale = first.step / k
         _set_output_qparams(graph_module, source, scale, zero_point)
-    graph.eliminate_dead_code()
-    graph.lint()
-    graph_module.recompile()
-    graph_module.delete_all_unused_submodules()
+    _finish_lowering(graph_module)
