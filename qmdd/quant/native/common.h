@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 namespace qmdd_native {
 
@@ -21,6 +22,38 @@ constexpr int64_t kLanes = 16, kFlush = 1024;
 inline void check(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
               "qmdd native kernels: ", name, " must be a contiguous float32 CPU tensor");
+}
+
+// check(t), and t holds as many elements as x (a gradient, an output, a saved factor).
+inline void check_like(const torch::Tensor& t, const torch::Tensor& x, const char* name) {
+  check(t, name);
+  TORCH_CHECK(t.numel() == x.numel(), "qmdd native kernels: ", name, " must have as many elements as the input");
+}
+
+// v clipped to [lo, hi] as torch.clamp does it: a NaN passes through, and -0.0 stays -0.0
+// at lo = 0 (a branch-free select: the element loops vectorise).
+inline float clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
+// body(c) for each of `slices` slices of dim 0 of `inner` elements each (per-channel
+// weights), in parallel tasks of about kGrain elements.
+template <typename Body>
+void parallel_slices(int64_t slices, int64_t inner, Body&& body) {
+  at::parallel_for(0, slices, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) body(c);
+  });
+}
+
+// Runs body(std::integral_constant<int64_t, levels>) for the level counts of 2, 3 and 4
+// bits (4, 8, 16): a count known at compile time unrolls the loops over the levels, so
+// the loops over elements vectorise.
+template <typename Body>
+auto with_level_count(int64_t levels, const char* family, Body&& body) {
+  switch (levels) {
+    case 4: return body(std::integral_constant<int64_t, 4>{});
+    case 8: return body(std::integral_constant<int64_t, 8>{});
+    case 16: return body(std::integral_constant<int64_t, 16>{});
+  }
+  TORCH_CHECK(false, "qmdd native ", family, ": 4, 8 or 16 levels (2 to 4 bits), got ", levels);
 }
 
 // sum of term(i) over [begin, end), end - begin <= kFlush, in kLanes float lanes then double.

@@ -14,9 +14,7 @@ namespace qmdd_native {
 // out = round(clip(x / s, lo, hi)) * s on [0, n), rounding half to even as torch.round.
 inline void lsq_forward_range(const float* __restrict__ in, float* __restrict__ out, int64_t n, float s, float lo, float hi) {
   for (int64_t i = 0; i < n; ++i) {
-    float v = in[i] / s;
-    v = v < lo ? lo : (v > hi ? hi : v);  // NaN passes through, as torch.clamp
-    out[i] = std::nearbyint(v) * s;
+    out[i] = std::nearbyint(clip(in[i] / s, lo, hi)) * s;
   }
 }
 
@@ -59,9 +57,7 @@ inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& st
     });
   } else {
     const int64_t inner = n / slices;
-    at::parallel_for(0, slices, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) lsq_forward_range(in + c * inner, result + c * inner, inner, s[c], lo, hi);
-    });
+    parallel_slices(slices, inner, [&](int64_t c) { lsq_forward_range(in + c * inner, result + c * inner, inner, s[c], lo, hi); });
   }
   return out;
 }
@@ -69,9 +65,9 @@ inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& st
 // Returns grad_x and, per step, sum(grad * out) - sum(grad_x * x) (float64).
 inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
                                                              const torch::Tensor& step, int64_t qmin, int64_t qmax) {
-  check(grad, "grad");
   check(x, "x");
-  check(out, "out");
+  check_like(grad, x, "grad");
+  check_like(out, x, "out");
   const auto steps = float_steps(x, step);
   const int64_t slices = steps.numel(), n = x.numel();
   auto grad_x = torch::empty_like(x);
@@ -87,11 +83,9 @@ inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor
   auto sums = torch::empty({slices}, x.options().dtype(at::kDouble));
   double* total = sums.data_ptr<double>();
   const int64_t inner = n / slices;
-  at::parallel_for(0, slices, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t offset = c * inner;
-      total[c] = lsq_backward_range(g + offset, in + offset, q + offset, gx + offset, inner, s[c], lo, hi);
-    }
+  parallel_slices(slices, inner, [&](int64_t c) {
+    const int64_t offset = c * inner;
+    total[c] = lsq_backward_range(g + offset, in + offset, q + offset, gx + offset, inner, s[c], lo, hi);
   });
   return {grad_x, sums};
 }

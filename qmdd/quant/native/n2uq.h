@@ -53,17 +53,10 @@ struct N2UQGrid {
   }
 };
 
-// Runs body(std::integral_constant<int64_t, n>) for the threshold counts of 2, 3 and 4
-// bits: a count known at compile time unrolls the loops over the thresholds, so the loop
-// over elements vectorises.
+// Runs body(N2UQGrid<n>) for the grid of 3, 7 or 15 thresholds (2 to 4 bits).
 template <typename Body>
-auto with_threshold_count(int64_t n, Body&& body) {
-  switch (n) {
-    case 3: return body(std::integral_constant<int64_t, 3>{});
-    case 7: return body(std::integral_constant<int64_t, 7>{});
-    case 15: return body(std::integral_constant<int64_t, 15>{});
-  }
-  TORCH_CHECK(false, "qmdd native N2UQ: 3, 7 or 15 thresholds (2 to 4 bits), got ", n);
+auto with_n2uq_grid(const torch::Tensor& bounds, const torch::Tensor& slopes, Body&& body) {
+  return with_level_count(bounds.numel(), "N2UQ", [&](auto levels) { return body(N2UQGrid<decltype(levels)::value - 1>(bounds, slopes)); });
 }
 
 inline void check_values(const torch::Tensor& t, int64_t count, const char* name) {
@@ -79,8 +72,7 @@ inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& b
   const float* in = x.data_ptr<float>();
   float* result = out.data_ptr<float>();
   const float s = static_cast<float>(step), offset = static_cast<float>(qmin);
-  with_threshold_count(bounds.numel() - 1, [&](auto count) {
-    const N2UQGrid<decltype(count)::value> grid(bounds, torch::Tensor());
+  with_n2uq_grid(bounds, torch::Tensor(), [&](const auto grid) {
     at::parallel_for(0, x.numel(), kGrain, [=](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) result[i] = (grid.code(in[i]) + offset) * s;
     });
@@ -95,10 +87,10 @@ inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& b
 inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& bounds,
                                                               const torch::Tensor& slopes, const torch::Tensor& origins,
                                                               const torch::Tensor& spans, int64_t qmin, bool with_sums, bool with_ramps) {
-  check(grad, "grad");
   check(x, "x");
+  check_like(grad, x, "grad");
+  check(bounds, "bounds");
   const int64_t n_thresholds = bounds.numel() - 1;
-  check_values(bounds, n_thresholds + 1, "bounds");
   check_values(slopes, n_thresholds, "slopes");
   check_values(origins, n_thresholds, "origins");
   check_values(spans, n_thresholds, "spans");
@@ -108,8 +100,7 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
   const float *origin = origins.data_ptr<float>(), *span = spans.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
   const float offset = static_cast<float>(qmin);
-  return with_threshold_count(n_thresholds, [&](auto count) -> std::tuple<torch::Tensor, torch::Tensor> {
-    const N2UQGrid<decltype(count)::value> grid(bounds, slopes);
+  return with_n2uq_grid(bounds, slopes, [&](const auto grid) -> std::tuple<torch::Tensor, torch::Tensor> {
     if (!with_sums) {
       at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * grid.slope_at(in[i]);
@@ -130,9 +121,7 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
         for (int64_t j = 0; with_ramps && j < n_thresholds; ++j) {
           const float o = origin[j], w = span[j];
           partial[2 + j] += lane_sum(start, stop, [=](int64_t i) {
-            float r = (in[i] - o) / w;
-            r = r < 0.0f ? 0.0f : (r > 1.0f ? 1.0f : r);  // NaN stays NaN, as torch.clamp
-            return gx[i] * r;
+            return gx[i] * clip((in[i] - o) / w, 0.0f, 1.0f);
           });
         }
       }
@@ -160,17 +149,11 @@ inline torch::Tensor n2uq_weight_forward(const torch::Tensor& weight, const torc
   const double levels = static_cast<double>((int64_t{1} << bits) - 1);
   // The Python scalars as torch applies them to a float32 tensor: rounded to float.
   const float half = static_cast<float>(levels / 2), unit = static_cast<float>(2.0 / levels);
-  at::parallel_for(0, channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const float sc = s[c];
-      const float* __restrict__ in = w + c * inner;
-      float* __restrict__ result = q + c * inner;
-      for (int64_t i = 0; i < inner; ++i) {
-        float v = in[i] / sc;
-        v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);  // NaN passes, as torch.clamp
-        result[i] = (std::nearbyint((v + 1.0f) * half) * unit - 1.0f) * sc;
-      }
-    }
+  parallel_slices(channels, inner, [&](int64_t c) {
+    const float sc = s[c];
+    const float* __restrict__ in = w + c * inner;
+    float* __restrict__ result = q + c * inner;
+    for (int64_t i = 0; i < inner; ++i) result[i] = (std::nearbyint((clip(in[i] / sc, -1.0f, 1.0f) + 1.0f) * half) * unit - 1.0f) * sc;
   });
   return out;
 }
@@ -178,22 +161,19 @@ inline torch::Tensor n2uq_weight_forward(const torch::Tensor& weight, const torc
 // grad_w = grad * [clip(v, -1, 1) == v], the fused form's mask, found again from w.
 inline torch::Tensor n2uq_weight_backward(const torch::Tensor& grad, const torch::Tensor& weight, const torch::Tensor& scale) {
   check_channel_scales(weight, scale);
-  check(grad, "grad");
+  check_like(grad, weight, "grad");
   auto grad_w = torch::empty_like(weight);
   const int64_t channels = weight.size(0), inner = weight.numel() / std::max<int64_t>(1, channels);
   const float *g = grad.data_ptr<float>(), *w = weight.data_ptr<float>(), *s = scale.data_ptr<float>();
   float* gw = grad_w.data_ptr<float>();
-  at::parallel_for(0, channels, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, inner)), [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const float sc = s[c];
-      const float* __restrict__ in = w + c * inner;
-      const float* __restrict__ gi = g + c * inner;
-      float* __restrict__ result = gw + c * inner;
-      for (int64_t i = 0; i < inner; ++i) {
-        const float v = in[i] / sc;
-        const float clipped = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
-        result[i] = gi[i] * static_cast<float>(clipped == v);
-      }
+  parallel_slices(channels, inner, [&](int64_t c) {
+    const float sc = s[c];
+    const float* __restrict__ in = w + c * inner;
+    const float* __restrict__ gi = g + c * inner;
+    float* __restrict__ result = gw + c * inner;
+    for (int64_t i = 0; i < inner; ++i) {
+      const float v = in[i] / sc;
+      result[i] = gi[i] * static_cast<float>(clip(v, -1.0f, 1.0f) == v);
     }
   });
   return grad_w;

@@ -11,12 +11,11 @@
 
 #include "common.h"
 
+#include <algorithm>
 #include <cmath>
-#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
-#include <algorithm>
 
 namespace qmdd_native {
 
@@ -50,8 +49,8 @@ inline void slr_finish_block(const float* __restrict__ in, float* __restrict__ o
   for (int64_t i = 0; i < n; ++i) {
     const float u = kSigned ? std::copysign(out[i], in[i]) : out[i];
     const float v = u / grid.step;
-    const float c = v < grid.lo ? grid.lo : (v > grid.hi ? grid.hi : v);  // NaN passes, as torch.clamp
-    const float k = std::nearbyint(c);                                   // half to even, as torch.round
+    const float c = clip(v, grid.lo, grid.hi);
+    const float k = std::nearbyint(c);  // half to even, as torch.round
     // exp(|k s|) by lookup, as arithmetic (one term is the level, the others 0; k - k
     // is 0, or NaN for a NaN code, as exp(NaN)): an indexed load would not vectorise.
     float growth = k - k;
@@ -110,13 +109,9 @@ inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> slr_forward(const
       slr_forward_grid<kSigned, kLevels, SLRSaves::kNothing>(x, out, a, b, grid);
     }
   };
-  const bool is_signed = qmin < 0;
-  switch (levels) {
-    case 4: is_signed ? run(std::true_type{}, std::integral_constant<int64_t, 4>{}) : run(std::false_type{}, std::integral_constant<int64_t, 4>{}); break;
-    case 8: is_signed ? run(std::true_type{}, std::integral_constant<int64_t, 8>{}) : run(std::false_type{}, std::integral_constant<int64_t, 8>{}); break;
-    case 16: is_signed ? run(std::true_type{}, std::integral_constant<int64_t, 16>{}) : run(std::false_type{}, std::integral_constant<int64_t, 16>{}); break;
-    default: TORCH_CHECK(false, "qmdd native SLR: 4, 8 or 16 levels (2 to 4 bits), got ", levels);
-  }
+  with_level_count(levels, "SLR", [&](auto level_count) {
+    qmin < 0 ? run(std::true_type{}, level_count) : run(std::false_type{}, level_count);
+  });
   return {out.view(x.sizes()), train ? slope_x.view(x.sizes()) : slope_x, b_row};
 }
 
@@ -124,10 +119,10 @@ inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> slr_forward(const
 // with C = out - A x (float64; None without b_row).
 inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
                                                              const torch::Tensor& slope_x, const std::optional<torch::Tensor>& b_row) {
-  check(grad, "grad");
   check(x, "x");
-  check(out, "out");
-  check(slope_x, "slope_x");
+  check_like(grad, x, "grad");
+  check_like(out, x, "out");
+  check_like(slope_x, x, "slope_x");
   const int64_t n = x.numel();
   auto grad_x = torch::empty_like(x);
   const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *q = out.data_ptr<float>(), *a = slope_x.data_ptr<float>();
@@ -138,7 +133,7 @@ inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor
     });
     return {grad_x, torch::Tensor()};
   }
-  check(*b_row, "b_row");
+  check_like(*b_row, x, "b_row");
   const float* b = b_row->data_ptr<float>();
   auto sums = chunked_sums(n, 2, [=](int64_t begin, int64_t end, double* partial) {
     for (int64_t start = begin; start < end; start += kFlush) {
