@@ -216,16 +216,13 @@ class _N2UQFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool = True):  # type: ignore[override]
         levels = widths.numel() + 1  # n
-        thresholds = n2uq_thresholds(start, widths)
-        end = thresholds[-1] + widths[-1]
-        bounds = torch.cat([thresholds, end.reshape(1)])
+        thresholds, bounds, interval_widths, step = _n2uq_grid(start, widths, scale)
         flat = x.reshape(-1)
-        step = scale * (2.0 / levels)
         # The code and the slope Delta / a of each element's interval, as the two rows of
         # one (2, N) tensor (the backward reduces both with one matrix-vector product).
         rows = torch.empty((2, flat.shape[0]), dtype=x.dtype, device=x.device)
         slope, level = rows
-        slopes = (step / torch.cat([widths, widths[-1:]])).to(x.dtype)  # Delta / a, as the reference divides
+        slopes = (step / interval_widths).to(x.dtype)  # Delta / a, as the reference divides
         for lo, hi, above in _blocks_with_buffer(flat.shape[0], levels + 1, x):
             torch.ge(flat[lo:hi], bounds.unsqueeze(1), out=above)  # above[k] = [x >= B_k]
             torch.sum(above[:levels], 0, out=level[lo:hi])  # the code: small integers, exact in any order
@@ -235,7 +232,6 @@ class _N2UQFakeQuant(torch.autograd.Function):
             level.add_(qmin)
         if not train:
             return (level * step).view(x.shape)
-        interval_widths = torch.cat([widths, widths[-1:]])
         out = level * step
         ctx.save_for_backward(x, rows, thresholds, interval_widths, grad_scale)
         ctx.levels = levels
@@ -275,15 +271,12 @@ class _N2UQNativeFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool, kernels):  # type: ignore[override]
-        levels = widths.numel() + 1  # n
-        thresholds = n2uq_thresholds(start, widths)
-        end = thresholds[-1] + widths[-1]
-        bounds = torch.cat([thresholds, end.reshape(1)]).to(x.dtype)
-        step = scale * (2.0 / levels)
+        thresholds, bounds, interval_widths, step = _n2uq_grid(start, widths, scale)
+        bounds = bounds.to(x.dtype)
         out = kernels.n2uq_forward(x, bounds, float(step), qmin)
         if train:
-            ctx.save_for_backward(x, bounds, thresholds, torch.cat([widths, widths[-1:]]), step, grad_scale)
-            ctx.levels, ctx.qmin, ctx.kernels = levels, qmin, kernels
+            ctx.save_for_backward(x, bounds, thresholds, interval_widths, step, grad_scale)
+            ctx.levels, ctx.qmin, ctx.kernels = widths.numel() + 1, qmin, kernels
         return out
 
     @staticmethod
@@ -307,6 +300,16 @@ class _N2UQNativeFakeQuant(torch.autograd.Function):
                 grad_widths[-1] -= per_ramp[-1]  # the extra interval above T_n reuses the last width
         grad_x = grad_x if ctx.needs_input_grad[0] else None
         return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None, None
+
+
+def _n2uq_grid(start: torch.Tensor, widths: torch.Tensor, scale: torch.Tensor):
+    """What the fused and native forms derive from the parameters, in one place so that
+    they compute it alike: the n thresholds, the n + 1 bounds (the thresholds and the end
+    of the surrogate's last interval), the n interval widths (the last learned width
+    repeated for the interval above T_n) and the output step Delta = 2 s / n."""
+    thresholds = n2uq_thresholds(start, widths)
+    bounds = torch.cat([thresholds, (thresholds[-1] + widths[-1]).reshape(1)])
+    return thresholds, bounds, torch.cat([widths, widths[-1:]]), scale * (2.0 / (widths.numel() + 1))
 
 
 def _ramp_parameters(thresholds: torch.Tensor, interval_widths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
