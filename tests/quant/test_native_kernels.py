@@ -46,21 +46,28 @@ def _boundary_inputs(step: float, qmin: int, qmax: int) -> torch.Tensor:
     return x
 
 
+def _run(apply, x: torch.Tensor, params, grad_out: torch.Tensor):
+    """Output, input gradient and parameter gradients of one form on fresh leaves."""
+    x = x.clone().requires_grad_()
+    params = [p.clone().requires_grad_() for p in params]
+    out = apply(x, *params)
+    out.backward(grad_out)
+    return out.detach(), x.grad, [p.grad for p in params]
+
+
 def _both(x: torch.Tensor, step, qmin: int, qmax: int):
     """Forward and gradients of the chain and of the native kernel on the same inputs
     (``step``: a float, or a tensor of per-channel steps shaped to broadcast over dim 0)."""
-    results = []
+    step = step if isinstance(step, torch.Tensor) else torch.tensor(step)
     grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
-    for native in (False, True):
-        xr = x.clone().requires_grad_()
-        s = (step.clone() if isinstance(step, torch.Tensor) else torch.tensor(step)).requires_grad_()
-        if native:
-            out = _LSQNativeFakeQuant.apply(xr, s, qmin, qmax, GRAD_SCALE, _native.native_kernels())
-        else:
-            out = _LSQFakeQuant.apply(xr, s, qmin, qmax, GRAD_SCALE)
-        out.backward(grad_out)
-        results.append((out.detach(), xr.grad, s.grad))
-    return results
+
+    def chain(x, s):
+        return _LSQFakeQuant.apply(x, s, qmin, qmax, GRAD_SCALE)
+
+    def native(x, s):
+        return _LSQNativeFakeQuant.apply(x, s, qmin, qmax, GRAD_SCALE, _native.native_kernels())
+
+    return [(out, gx, grads[0]) for out, gx, grads in (_run(form, x, (step,), grad_out) for form in (chain, native))]
 
 
 def test_native_kernels_build():
@@ -165,15 +172,6 @@ CASES = {
     "slr-w2-signed": lambda: _slr_case(-2, 1),
     "slr-w3-signed": lambda: _slr_case(-4, 3),
 }
-
-
-def _run(apply, x: torch.Tensor, params, grad_out: torch.Tensor):
-    """Output, input gradient and parameter gradients of one form on fresh leaves."""
-    x = x.clone().requires_grad_()
-    params = [p.clone().requires_grad_() for p in params]
-    out = apply(x, *params)
-    out.backward(grad_out)
-    return out.detach(), x.grad, [p.grad for p in params]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
