@@ -21,7 +21,7 @@ import warnings
 import pytest
 import torch
 
-from qmdd.quant import _native
+from qmdd.quant import _native, _slr
 from qmdd.quant._lsq import _LSQFakeQuant, _LSQNativeFakeQuant, lsq_fake_quant
 from qmdd.quant._n2uq import _N2UQFakeQuant, _N2UQNativeFakeQuant, _N2UQWeightFakeQuant, _N2UQWeightNativeFakeQuant, n2uq_fake_quant
 from qmdd.quant._n2uq import n2uq_weight_fake_quant
@@ -220,6 +220,49 @@ def test_native_results_do_not_depend_on_the_thread_count(case):
     assert torch.equal(_bits(out_1), _bits(out_2)) and torch.equal(_bits(gx_1), _bits(gx_2))
     assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(grads_1, grads_2))
     assert torch.equal(_bits(out_2), _bits(out_py)) and torch.equal(_bits(gx_2), _bits(gx_py))
+
+
+def test_the_slr_kernels_log_is_within_two_float_steps_of_torchs():
+    """The SLR kernels' series log1p, on which their exactness rests (slr.h: a block is
+    redone with torch's log where v comes within 2^-18 |v| of a tie or a clip limit, a
+    margin sized for 2 ulp here): over t in [-1/2, 2^20], dense near 0 and near 1 + t = 2^e."""
+    generator = torch.Generator().manual_seed(5)
+    spans = [torch.rand(400_000, generator=generator) * 0.5 - 0.5, torch.rand(400_000, generator=generator) * 4]
+    spans.append(torch.exp2(torch.rand(400_000, generator=generator) * 40 - 20))  # 1e-6 .. 1e6
+    powers = torch.exp2(torch.arange(-24.0, 21.0)) - 1
+    spans.append(torch.cat([powers, torch.nextafter(powers, powers + 1), torch.nextafter(powers, powers - 1)]).clamp_min(-0.5))
+    spans.append(torch.tensor([0.0, -0.0, -0.5, 1e-30, -1e-30, 2.0**20]))
+    t = torch.cat(spans)
+    t = t[(t.abs() >= torch.finfo(torch.float32).tiny) | (t == 0)]  # subnormal t: the kernels ask torch
+    ours, torchs = _native.native_kernels().series_log1p(t), torch.log1p(t)
+    assert torch.equal(ours.sign(), torchs.sign())
+    steps = (ours.view(torch.int32).long() - torchs.view(torch.int32).long()).abs()  # same sign: float steps apart
+    assert int(steps.max()) <= 2
+    assert torch.equal(_bits(ours[t == 0]), _bits(t[t == 0]))  # log1p(+-0) = +-0
+
+
+@pytest.mark.parametrize("qmin, qmax", [(0, 3), (0, 7), (-2, 1), (-4, 3)])
+def test_native_slr_is_exact_next_to_every_tie_and_clip_limit(qmin, qmax):
+    """Inputs within 64 float steps of each rounding tie and clip limit of the grid (where
+    the kernel's series log and torch's could round v differently): the same output and
+    input gradient as the fused form, bit for bit, and parameter gradients to rounding."""
+    fused, native, (step, shift) = _slr_case(qmin, qmax)
+    ties = _slr.slr_thresholds(float(step), float(shift), qmin, qmax)
+    limits = _slr.slr_thresholds(float(step), float(shift), qmin - 1, qmax + 1)  # includes v = qmin, qmax
+    centres = torch.cat([ties, limits]).float()
+    below, above = centres.clone(), centres.clone()
+    neighbours = [centres]
+    for _ in range(64):
+        below, above = torch.nextafter(below, below - 1), torch.nextafter(above, above + 1)
+        neighbours += [below, above]
+    x = torch.cat(neighbours).repeat(3)  # several blocks' worth, so some blocks have no doubt
+    grad_out = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    out_py, gx_py, grads_py = _run(fused, x, (step, shift), grad_out)
+    out_nat, gx_nat, grads_nat = _run(native, x, (step, shift), grad_out)
+    assert torch.equal(_bits(out_nat), _bits(out_py))
+    assert torch.equal(_bits(gx_nat), _bits(gx_py))
+    for g_nat, g_py in zip(grads_nat, grads_py):
+        assert torch.allclose(g_nat, g_py, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

@@ -1,23 +1,75 @@
 // SLR fake quantization (qmdd/quant/_slr.py): the fused Python form _SLRFakeQuant, whose
-// docstring defines v, c, k, m and the backward's factors A, B, C, in two passes over
-// cache-sized blocks forward and one pass backward.
+// docstring defines v, c, k, m and the backward's factors A, B, C, in one pass forward and
+// one backward. Nothing per element is kept between them: the backward finds v again from
+// x, with a log cheap enough (well under a nanosecond per element, vectorised) that this
+// costs less than writing A and B out and reading them back.
 //
-// The transcendentals are torch's own, so the values are the Python form's bit for bit:
-// the log is torch's log1p, run on each block in cache (on whatever vector unit torch
-// dispatches to); the exp is only ever taken of k * s for the 2^b codes k, so Python
-// passes the table exp(|k s|), k = qmin .. qmax, computed by torch.exp (which gives an
-// element the same value wherever it sits in a tensor), and the kernel looks it up.
+// Exactness. The fused form takes torch's log1p; here the log is a short series (below)
+// within 2 ulp of it, and v = u / s decides the output only through its rounding and its
+// clip, so an element's code, clip mask, output and input gradient are torch's unless v
+// lies within kDoubt of a rounding tie or a clip limit. A block of kFlush elements that
+// holds such an element (about one in a hundred) is redone with torch's log1p, so the
+// output and the input gradient are the fused form's bit for bit. What keeps v itself is
+// B = (k - v) growth s inside the clip range, the step's gradient term: there the series'
+// v moves the parameter sums by float rounding only.
+//
+// The exp is only ever taken of k * s for the 2^b codes k, so Python passes the table
+// exp(|k s|), k = qmin .. qmax, computed by torch.exp (which gives an element the same
+// value wherever it sits in a tensor), and the kernel looks it up.
 #pragma once
 
 #include "common.h"
 
 #include <algorithm>
 #include <cmath>
-#include <optional>
+#include <cstring>
 #include <tuple>
 #include <type_traits>
 
 namespace qmdd_native {
+
+// log1p(t) for t >= -1/2, within 2 ulp of torch's (Sleef's) on float32; t == 0 gives t
+// (either sign), as torch does. 1 + t = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+// log(m) = 2 atanh(f / (2 + f)), f = m - 1, by its series to z^4 (|f / (2 + f)| < 0.172,
+// so the next term is below 2e-9 relative); what 1 + t lost to rounding is added back as
+// (t - (u - 1)) / u. ln 2 is split into a part exact in 16 bits and the rest (fdlibm's
+// e_logf.c constants), so e ln 2 adds no rounding for |e| < 2^8.
+// Infinite, NaN and subnormal t are not handled here: slr_scaled_logs sends them to torch.
+inline float series_log1p(float t) {
+  const float u = 1.0f + t;
+  const float lost = (t - (u - 1.0f)) / u;
+  int32_t bits;
+  std::memcpy(&bits, &u, sizeof bits);
+  const int32_t e = (bits - 0x3f3504f3) >> 23;  // 0x3f3504f3: the bits of sqrt(1/2)
+  const int32_t m_bits = bits - (e << 23);
+  float m;
+  std::memcpy(&m, &m_bits, sizeof m);
+  const float f = m - 1.0f;
+  const float s = f / (2.0f + f);
+  const float z = s * s;
+  const float two_s = 2.0f * s;
+  const float atanh2 = two_s + two_s * (z * (0.33333334f + z * (0.2f + z * (0.14285715f + z * 0.11111111f))));
+  const float ef = static_cast<float>(e);
+  const float log = ef * 0.693145751953125f + (atanh2 + lost + ef * 1.428606765330187e-06f);
+  return t == 0.0f ? t : log;
+}
+
+// series_log1p over a tensor (tests hold it to torch.log1p).
+inline torch::Tensor series_log1p_of(const torch::Tensor& t) {
+  check(t, "t");
+  auto out = torch::empty_like(t);
+  const float* in = t.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  at::parallel_for(0, t.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) result[i] = series_log1p(in[i]);
+  });
+  return out;
+}
+
+// How close (relative to |v|) v may come to a rounding tie or a clip limit before its
+// block is redone with torch's log: 2^-18, 32 float steps of v, against at most about 3
+// between the series' v and torch's (2 ulp in the log, one rounding in each division).
+constexpr float kDoubt = 1.0f / 262144.0f;
 
 // The grid of one call: its step, shift, code range and exp(|k step|) for k = lo .. hi,
 // copied into the kernel's own locals so that the element loops vectorise.
@@ -36,114 +88,141 @@ inline float slr_magnitude(float x, float shift) {
   return x < floor ? floor : x;  // NaN passes through, as torch.clamp_min
 }
 
-// What a forward writes besides the output: nothing (inference), A (only the input
-// needs a gradient), or A and B.
-enum class SLRSaves { kNothing, kSlope, kSlopeAndRow };
-
-// One block of n elements. On entry out holds log1p(magnitude / shift); on exit the
-// quantized values, and slope_x A and b_row B as kSaves says. Everything the loop
-// branches on is a template argument, so it compiles to straight-line vector code.
-template <bool kSigned, int64_t kLevels, SLRSaves kSaves>
-inline void slr_finish_block(const float* __restrict__ in, float* __restrict__ out, float* __restrict__ slope_x,
-                             float* __restrict__ b_row, int64_t n, const SLRGrid<kLevels> grid) {
+// v = sign(x) log1p(magnitude / shift) / step for n <= kFlush elements, as the fused form
+// computes it, into v[0 .. n): by the series, and again by torch's log1p when an element
+// is in doubt (near a tie or a clip limit, or its log argument infinite, NaN or
+// subnormal). Clip limits only matter at |v| = hi (and |lo| when signed), integers >= hi;
+// v = 0 (the unsigned clip at lo = 0) the series decides exactly, by the sign of t.
+template <bool kSigned, int64_t kLevels>
+inline void slr_scaled_logs(const float* __restrict__ in, float* __restrict__ v, int64_t n, const SLRGrid<kLevels>& grid) {
+  const float step = grid.step, shift = grid.shift, first_limit = grid.hi;
+  int32_t doubtful = 0;  // an OR of 0/1 flags, each computed as a float: so it vectorises
   for (int64_t i = 0; i < n; ++i) {
-    const float u = kSigned ? std::copysign(out[i], in[i]) : out[i];
-    const float v = u / grid.step;
-    const float c = clip(v, grid.lo, grid.hi);
-    const float k = std::nearbyint(c);  // half to even, as torch.round
-    // exp(|k s|) by lookup, as arithmetic (one term is the level, the others 0; k - k
-    // is 0, or NaN for a NaN code, as exp(NaN)): an indexed load would not vectorise.
-    float growth = k - k;
-#pragma GCC unroll 16  // unrolled, the element loop vectorises
-    for (int64_t j = 0; j < kLevels; ++j) growth += grid.growth[j] * static_cast<float>(k == grid.lo + static_cast<float>(j));
-    const float q = (growth - 1.0f) * grid.shift;
-    out[i] = kSigned ? std::copysign(q, k) : q;
-    if constexpr (kSaves != SLRSaves::kNothing) {
-      const float inside = static_cast<float>(c == v);
-      const float factor = growth * grid.shift;
-      slope_x[i] = (factor * inside) / (slr_magnitude<kSigned>(in[i], grid.shift) + grid.shift);  // A
-      if constexpr (kSaves == SLRSaves::kSlopeAndRow) b_row[i] = (k - c * inside) * factor;       // B
-    }
+    const float t = slr_magnitude<kSigned>(in[i], shift) / shift;
+    const float log = series_log1p(t);
+    const float vi = (kSigned ? std::copysign(log, in[i]) : log) / step;
+    v[i] = vi;
+    const float a = std::fabs(vi), margin = a * kDoubt;
+    const float near_tie = static_cast<float>(std::fabs(a - std::floor(a) - 0.5f) <= margin);
+    const float near_limit = static_cast<float>(a >= first_limit - 0.5f) * static_cast<float>(std::fabs(a - std::nearbyint(a)) <= margin);
+    const float abs_t = std::fabs(t);
+    const float unusual = static_cast<float>(!(abs_t <= 3.0e38f)) + static_cast<float>(abs_t < 1.2e-38f) * static_cast<float>(t != 0.0f);
+    doubtful |= static_cast<int32_t>(near_tie + near_limit + unusual);
   }
+  if (doubtful == 0) return;
+  for (int64_t i = 0; i < n; ++i) v[i] = slr_magnitude<kSigned>(in[i], shift) / shift;
+  torch::from_blob(v, {n}, torch::dtype(torch::kFloat)).log1p_();
+  for (int64_t i = 0; i < n; ++i) v[i] = (kSigned ? std::copysign(v[i], in[i]) : v[i]) / step;
 }
 
-template <bool kSigned, int64_t kLevels, SLRSaves kSaves>
-void slr_forward_grid(const torch::Tensor& x, const torch::Tensor& out, float* slope_x, float* b_row, const SLRGrid<kLevels>& grid) {
-  const float* in = x.data_ptr<float>();
-  float* result = out.data_ptr<float>();
-  at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t lo = begin; lo < end; lo += kGrain) {  // blocks that stay in cache
-      const int64_t hi = std::min(end, lo + kGrain);
-      for (int64_t i = lo; i < hi; ++i) result[i] = slr_magnitude<kSigned>(in[i], grid.shift) / grid.shift;
-      out.narrow(0, lo, hi - lo).log1p_();
-      slr_finish_block<kSigned, kLevels, kSaves>(in + lo, result + lo, slope_x + lo, b_row + lo, hi - lo, grid);
-    }
-  });
+// What the fused form derives from v for one element: the output q and, for the
+// backward, A and B (its docstring).
+struct SLRElement {
+  float q, slope_x, b_row;
+};
+
+template <bool kSigned, int64_t kLevels>
+inline SLRElement slr_element(float x, float v, const SLRGrid<kLevels>& grid) {
+  const float c = clip(v, grid.lo, grid.hi);
+  const float k = std::nearbyint(c);  // half to even, as torch.round
+  // exp(|k s|) by lookup, as arithmetic (one term is the level, the others 0; k - k
+  // is 0, or NaN for a NaN code, as exp(NaN)): an indexed load would not vectorise.
+  float growth = k - k;
+#pragma GCC unroll 16  // unrolled, the element loop vectorises
+  for (int64_t j = 0; j < kLevels; ++j) growth += grid.growth[j] * static_cast<float>(k == grid.lo + static_cast<float>(j));
+  const float q = (growth - 1.0f) * grid.shift;
+  const float inside = static_cast<float>(c == v);
+  const float factor = growth * grid.shift;
+  return {kSigned ? std::copysign(q, k) : q,
+          (factor * inside) / (slr_magnitude<kSigned>(x, grid.shift) + grid.shift),  // A
+          (k - c * inside) * factor};                                                  // B
 }
 
-// Returns out and, when training, A (slope_x) and, when with_rows, B; None otherwise.
-// growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
-inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step,
-                                                                           double shift, int64_t qmin, int64_t qmax, bool train,
-                                                                           bool with_rows) {
-  check(x, "x");
+// Runs body(grid) with the call's grid, its sign and level count compile-time constants.
+template <typename Body>
+void with_slr_grid(const torch::Tensor& growth, double step, double shift, int64_t qmin, int64_t qmax, Body&& body) {
   check(growth, "growth");
   const int64_t levels = qmax - qmin + 1;
   TORCH_CHECK(growth.numel() == levels, "qmdd native SLR: one growth value per code");
-  const int64_t n = x.numel();
-  auto out = torch::empty({n}, x.options());
-  auto slope_x = train ? torch::empty({n}, x.options()) : torch::Tensor();
-  auto b_row = train && with_rows ? torch::empty({n}, x.options()) : torch::Tensor();
-  float* a = train ? slope_x.data_ptr<float>() : nullptr;
-  float* b = b_row.defined() ? b_row.data_ptr<float>() : nullptr;
   auto run = [&](auto is_signed, auto level_count) {
-    constexpr bool kSigned = decltype(is_signed)::value;
     constexpr int64_t kLevels = decltype(level_count)::value;
     SLRGrid<kLevels> grid{static_cast<float>(step), static_cast<float>(shift), static_cast<float>(qmin), static_cast<float>(qmax), {}};
     std::copy_n(growth.data_ptr<float>(), kLevels, grid.growth);
-    if (b != nullptr) {
-      slr_forward_grid<kSigned, kLevels, SLRSaves::kSlopeAndRow>(x, out, a, b, grid);
-    } else if (a != nullptr) {
-      slr_forward_grid<kSigned, kLevels, SLRSaves::kSlope>(x, out, a, b, grid);
-    } else {
-      slr_forward_grid<kSigned, kLevels, SLRSaves::kNothing>(x, out, a, b, grid);
-    }
+    body(is_signed, grid);
   };
   with_level_count(levels, "SLR", [&](auto level_count) {
     qmin < 0 ? run(std::true_type{}, level_count) : run(std::false_type{}, level_count);
   });
-  return {out.view(x.sizes()), train ? slope_x.view(x.sizes()) : slope_x, b_row};
 }
 
-// grad_x = grad * A and, when b_row is given, the sums (sum grad * B, sum grad * C)
-// with C = out - A x (float64; None without b_row).
-inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
-                                                             const torch::Tensor& slope_x, const std::optional<torch::Tensor>& b_row) {
+// The output. growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
+inline torch::Tensor slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step, double shift, int64_t qmin,
+                                 int64_t qmax) {
+  check(x, "x");
+  auto out = torch::empty_like(x);
+  const float* in = x.data_ptr<float>();
+  float* result = out.data_ptr<float>();
+  with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
+    constexpr bool kSigned = decltype(is_signed)::value;
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      float v[kFlush];
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t count = std::min(end, start + kFlush) - start;
+        slr_scaled_logs<kSigned>(in + start, v, count, grid);
+        const float* __restrict__ x_block = in + start;
+        float* __restrict__ out_block = result + start;
+        for (int64_t i = 0; i < count; ++i) out_block[i] = slr_element<kSigned>(x_block[i], v[i], grid).q;
+      }
+    });
+  });
+  return out;
+}
+
+// grad_x = grad * A and, when with_sums, the float64 sums (sum grad * B, sum grad * C),
+// C = out - A x (None without).
+inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& growth,
+                                                             double step, double shift, int64_t qmin, int64_t qmax, bool with_sums) {
   check(x, "x");
   check_like(grad, x, "grad");
-  check_like(out, x, "out");
-  check_like(slope_x, x, "slope_x");
   const int64_t n = x.numel();
   auto grad_x = torch::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *q = out.data_ptr<float>(), *a = slope_x.data_ptr<float>();
+  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
-  if (!b_row.has_value()) {
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * a[i];
-    });
-    return {grad_x, torch::Tensor()};
-  }
-  check_like(*b_row, x, "b_row");
-  const float* b = b_row->data_ptr<float>();
-  auto sums = chunked_sums(n, 2, [=](int64_t begin, int64_t end, double* partial) {
-    for (int64_t start = begin; start < end; start += kFlush) {
-      const int64_t stop = std::min(end, start + kFlush);
-      partial[0] += lane_sum(start, stop, [=](int64_t i) {
-        gx[i] = g[i] * a[i];
-        return g[i] * b[i];
+  torch::Tensor sums;
+  with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
+    constexpr bool kSigned = decltype(is_signed)::value;
+    if (!with_sums) {
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        float v[kFlush];
+        for (int64_t start = begin; start < end; start += kFlush) {
+          const int64_t count = std::min(end, start + kFlush) - start;
+          slr_scaled_logs<kSigned>(in + start, v, count, grid);
+          const float *__restrict__ g_block = g + start, *__restrict__ x_block = in + start;
+          float* __restrict__ gx_block = gx + start;
+          for (int64_t i = 0; i < count; ++i) gx_block[i] = g_block[i] * slr_element<kSigned>(x_block[i], v[i], grid).slope_x;
+        }
       });
-      partial[1] += lane_sum(start, stop, [=](int64_t i) { return g[i] * (q[i] - a[i] * in[i]); });
+      return;
     }
+    sums = chunked_sums(n, 2, [&](int64_t begin, int64_t end, double* partial) {
+      // Per sub-chunk, the per-element terms into L1 buffers, then each sum as a plain
+      // loop over them: a loop with the lookups and both sums does not vectorise.
+      float v[kFlush], b_terms[kFlush], c_terms[kFlush];
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t count = std::min(end, start + kFlush) - start;
+        slr_scaled_logs<kSigned>(in + start, v, count, grid);
+        const float *__restrict__ g_block = g + start, *__restrict__ x_block = in + start;
+        float* __restrict__ gx_block = gx + start;
+        for (int64_t i = 0; i < count; ++i) {
+          const SLRElement e = slr_element<kSigned>(x_block[i], v[i], grid);
+          gx_block[i] = g_block[i] * e.slope_x;
+          b_terms[i] = g_block[i] * e.b_row;
+          c_terms[i] = g_block[i] * (e.q - e.slope_x * x_block[i]);
+        }
+        partial[0] += lane_sum(0, count, [&](int64_t i) { return b_terms[i]; });
+        partial[1] += lane_sum(0, count, [&](int64_t i) { return c_terms[i]; });
+      }
+    });
   });
   return {grad_x, sums};
 }
