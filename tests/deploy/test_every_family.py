@@ -28,6 +28,7 @@ from qmdd.deploy import (
     save_packed,
     to_int8,
 )
+from qmdd.deploy._int8 import _quantized_engine
 from qmdd.detector import build_detector
 from qmdd.predict import main as predict_main
 from qmdd.quant import N2UQActivationQuantizer, N2UQWeightQuantizer, SLRActivationQuantizer, calibrate, quantize, quantized_layers
@@ -146,6 +147,26 @@ def test_int8_level_tables_map_every_input_code_as_the_float_op():
         assert torch.allclose(table(x).dequantize(), expected, atol=1e-6)
     # SLR's levels are rounded to the 8-bit grid that spans them: at most half a step off.
     assert not level.exact and level.max_level_error <= level.step / 2 + 1e-9
+
+
+@pytest.mark.parametrize("family", ["lsq", "slr"])
+def test_int8_model_runs_channels_last_with_the_values_of_channels_first(family):
+    """Int8Model feeds its graph NHWC images (faster on the x86 backend): the logits are
+    those of the same graph fed NCHW, bit for bit, and a level table hands on NHWC."""
+    model, _ = _detector(family, "cqb")
+    calibration = [torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))]
+    int8 = to_int8(model, calibration)
+    x = torch.randn(8, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    layouts = []
+    hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last))) for m in int8.modules() if isinstance(m, Int8LevelInput)]
+    with torch.inference_mode():
+        nhwc = int8(x)
+        assert (len(layouts) > 0) == (family == "slr") and all(layouts)
+        for hook in hooks:
+            hook.remove()
+        with _quantized_engine("x86"):
+            nchw = int8.graph(x.contiguous())
+    assert torch.equal(nhwc, nchw)
 
 
 @pytest.mark.parametrize("family", ["n2uq", "slr"])
