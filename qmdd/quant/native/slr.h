@@ -1,8 +1,6 @@
 // SLR fake quantization (qmdd/quant/_slr.py): the fused Python form _SLRFakeQuant, whose
-// docstring defines v, c, k, m and the backward's factors A, B, C, in one pass forward and
-// one backward. Nothing per element is kept between them: the backward finds v again from
-// x, with a log cheap enough (well under a nanosecond per element, vectorised) that this
-// costs less than writing A and B out and reading them back.
+// docstring defines v, c, k, m and the backward's factors A, B, C, in one pass forward
+// (writing the output, A and B) and one backward (C = out - A x).
 //
 // Exactness. The fused form takes torch's log1p; here the log is a short series (below)
 // within 2 ulp of it, and v = u / s decides the output only through its rounding and its
@@ -23,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 
@@ -32,18 +31,21 @@ namespace qmdd_native {
 // (either sign), as torch does. 1 + t = 2^e m with m in [sqrt(1/2), sqrt(2)), and
 // log(m) = 2 atanh(f / (2 + f)), f = m - 1, by its series to z^4 (|f / (2 + f)| < 0.172,
 // so the next term is below 2e-9 relative); what 1 + t lost to rounding is added back as
-// (t - (u - 1)) / u. ln 2 is split into a part exact in 16 bits and the rest (fdlibm's
+// about (t - (u - 1)) / u. ln 2 is split into a part exact in 16 bits and the rest (fdlibm's
 // e_logf.c constants), so e ln 2 adds no rounding for |e| < 2^8.
 // Infinite, NaN and subnormal t are not handled here: slr_scaled_logs sends them to torch.
 inline float series_log1p(float t) {
   const float u = 1.0f + t;
-  const float lost = (t - (u - 1.0f)) / u;
   int32_t bits;
   std::memcpy(&bits, &u, sizeof bits);
   const int32_t e = (bits - 0x3f3504f3) >> 23;  // 0x3f3504f3: the bits of sqrt(1/2)
-  const int32_t m_bits = bits - (e << 23);
-  float m;
+  const int32_t m_bits = bits - (e << 23), inverse_power_bits = (127 - e) << 23;
+  float m, inverse_power;
   std::memcpy(&m, &m_bits, sizeof m);
+  std::memcpy(&inverse_power, &inverse_power_bits, sizeof inverse_power);
+  // (t - (u - 1)) / u with 1 / u = 2^-e / m, 1 / m taken as 2 - m (within 17 % on
+  // [sqrt(1/2), sqrt(2)) of a term below half an ulp of u): no division.
+  const float lost = (t - (u - 1.0f)) * inverse_power * (2.0f - m);
   const float f = m - 1.0f;
   const float s = f / (2.0f + f);
   const float z = s * s;
@@ -67,8 +69,9 @@ inline torch::Tensor series_log1p_of(const torch::Tensor& t) {
 }
 
 // How close (relative to |v|) v may come to a rounding tie or a clip limit before its
-// block is redone with torch's log: 2^-18, 32 float steps of v, against at most about 3
-// between the series' v and torch's (2 ulp in the log, one rounding in each division).
+// block is redone with torch's log: 2^-18, 32 float steps of v, against at most about 4
+// between the series' v and torch's (2 ulp in the log; the roundings of 1 / step and of
+// the product here, of the division there).
 constexpr float kDoubt = 1.0f / 262144.0f;
 
 // The grid of one call: its step, shift, code range and exp(|k step|) for k = lo .. hi,
@@ -95,12 +98,13 @@ inline float slr_magnitude(float x, float shift) {
 // v = 0 (the unsigned clip at lo = 0) the series decides exactly, by the sign of t.
 template <bool kSigned, int64_t kLevels>
 inline void slr_scaled_logs(const float* __restrict__ in, float* __restrict__ v, int64_t n, const SLRGrid<kLevels>& grid) {
-  const float step = grid.step, shift = grid.shift, first_limit = grid.hi;
+  // Times 1 / step where the fused form divides: half an ulp more, well inside kDoubt.
+  const float inverse_step = 1.0f / grid.step, shift = grid.shift, first_limit = grid.hi;
   int32_t doubtful = 0;  // an OR of 0/1 flags, each computed as a float: so it vectorises
   for (int64_t i = 0; i < n; ++i) {
     const float t = slr_magnitude<kSigned>(in[i], shift) / shift;
     const float log = series_log1p(t);
-    const float vi = (kSigned ? std::copysign(log, in[i]) : log) / step;
+    const float vi = (kSigned ? std::copysign(log, in[i]) : log) * inverse_step;
     v[i] = vi;
     const float a = std::fabs(vi), margin = a * kDoubt;
     const float near_tie = static_cast<float>(std::fabs(a - std::floor(a) - 0.5f) <= margin);
@@ -112,7 +116,7 @@ inline void slr_scaled_logs(const float* __restrict__ in, float* __restrict__ v,
   if (doubtful == 0) return;
   for (int64_t i = 0; i < n; ++i) v[i] = slr_magnitude<kSigned>(in[i], shift) / shift;
   torch::from_blob(v, {n}, torch::dtype(torch::kFloat)).log1p_();
-  for (int64_t i = 0; i < n; ++i) v[i] = (kSigned ? std::copysign(v[i], in[i]) : v[i]) / step;
+  for (int64_t i = 0; i < n; ++i) v[i] = (kSigned ? std::copysign(v[i], in[i]) : v[i]) / grid.step;
 }
 
 // What the fused form derives from v for one element: the output q and, for the
@@ -155,74 +159,91 @@ void with_slr_grid(const torch::Tensor& growth, double step, double shift, int64
   });
 }
 
-// The output. growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
-inline torch::Tensor slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step, double shift, int64_t qmin,
-                                 int64_t qmax) {
+// What a forward writes besides the output: nothing (inference), A (only the input
+// needs a gradient), or A and B.
+enum class SLRSaves { kNothing, kSlope, kSlopeAndRow };
+
+// The output, and A and B as `saves` says, of n <= kFlush elements from their v.
+// Restrict parameters and one loop per kind of call: each vectorises.
+template <bool kSigned, int64_t kLevels>
+inline void slr_finish_block(const float* __restrict__ in, const float* __restrict__ v, float* __restrict__ out, float* __restrict__ slope_x,
+                             float* __restrict__ b_row, int64_t n, SLRSaves saves, const SLRGrid<kLevels> grid) {
+  if (saves == SLRSaves::kNothing) {
+    for (int64_t i = 0; i < n; ++i) out[i] = slr_element<kSigned>(in[i], v[i], grid).q;
+  } else if (saves == SLRSaves::kSlope) {
+    for (int64_t i = 0; i < n; ++i) {
+      const SLRElement e = slr_element<kSigned>(in[i], v[i], grid);
+      out[i] = e.q;
+      slope_x[i] = e.slope_x;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const SLRElement e = slr_element<kSigned>(in[i], v[i], grid);
+      out[i] = e.q;
+      slope_x[i] = e.slope_x;
+      b_row[i] = e.b_row;
+    }
+  }
+}
+
+// Returns out and, when training, A (slope_x) and, when with_rows, B; None otherwise.
+// growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
+inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step,
+                                                                           double shift, int64_t qmin, int64_t qmax, bool train,
+                                                                           bool with_rows) {
   check(x, "x");
+  const int64_t n = x.numel();
   auto out = torch::empty_like(x);
+  auto slope_x = train ? torch::empty_like(x) : torch::Tensor();
+  auto b_row = train && with_rows ? torch::empty_like(x) : torch::Tensor();
+  const SLRSaves saves = b_row.defined() ? SLRSaves::kSlopeAndRow : (train ? SLRSaves::kSlope : SLRSaves::kNothing);
   const float* in = x.data_ptr<float>();
   float* result = out.data_ptr<float>();
+  float* a = train ? slope_x.data_ptr<float>() : nullptr;
+  float* b = b_row.defined() ? b_row.data_ptr<float>() : nullptr;
   with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
     constexpr bool kSigned = decltype(is_signed)::value;
-    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
       float v[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
         const int64_t count = std::min(end, start + kFlush) - start;
         slr_scaled_logs<kSigned>(in + start, v, count, grid);
-        const float* __restrict__ x_block = in + start;
-        float* __restrict__ out_block = result + start;
-        for (int64_t i = 0; i < count; ++i) out_block[i] = slr_element<kSigned>(x_block[i], v[i], grid).q;
+        slr_finish_block<kSigned>(in + start, v, result + start, a ? a + start : nullptr, b ? b + start : nullptr, count, saves, grid);
       }
     });
   });
-  return out;
+  return {out, slope_x, b_row};
 }
 
-// grad_x = grad * A and, when with_sums, the float64 sums (sum grad * B, sum grad * C),
-// C = out - A x (None without).
-inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& growth,
-                                                             double step, double shift, int64_t qmin, int64_t qmax, bool with_sums) {
+// grad_x = grad * A and, when b_row is given, the sums (sum grad * B, sum grad * C)
+// with C = out - A x (float64; None without b_row).
+inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
+                                                             const torch::Tensor& slope_x, const std::optional<torch::Tensor>& b_row) {
   check(x, "x");
   check_like(grad, x, "grad");
+  check_like(out, x, "out");
+  check_like(slope_x, x, "slope_x");
   const int64_t n = x.numel();
   auto grad_x = torch::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>();
+  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *q = out.data_ptr<float>(), *a = slope_x.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
-  torch::Tensor sums;
-  with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
-    constexpr bool kSigned = decltype(is_signed)::value;
-    if (!with_sums) {
-      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-        float v[kFlush];
-        for (int64_t start = begin; start < end; start += kFlush) {
-          const int64_t count = std::min(end, start + kFlush) - start;
-          slr_scaled_logs<kSigned>(in + start, v, count, grid);
-          const float *__restrict__ g_block = g + start, *__restrict__ x_block = in + start;
-          float* __restrict__ gx_block = gx + start;
-          for (int64_t i = 0; i < count; ++i) gx_block[i] = g_block[i] * slr_element<kSigned>(x_block[i], v[i], grid).slope_x;
-        }
-      });
-      return;
-    }
-    sums = chunked_sums(n, 2, [&](int64_t begin, int64_t end, double* partial) {
-      // Per sub-chunk, the per-element terms into L1 buffers, then each sum as a plain
-      // loop over them: a loop with the lookups and both sums does not vectorise.
-      float v[kFlush], b_terms[kFlush], c_terms[kFlush];
-      for (int64_t start = begin; start < end; start += kFlush) {
-        const int64_t count = std::min(end, start + kFlush) - start;
-        slr_scaled_logs<kSigned>(in + start, v, count, grid);
-        const float *__restrict__ g_block = g + start, *__restrict__ x_block = in + start;
-        float* __restrict__ gx_block = gx + start;
-        for (int64_t i = 0; i < count; ++i) {
-          const SLRElement e = slr_element<kSigned>(x_block[i], v[i], grid);
-          gx_block[i] = g_block[i] * e.slope_x;
-          b_terms[i] = g_block[i] * e.b_row;
-          c_terms[i] = g_block[i] * (e.q - e.slope_x * x_block[i]);
-        }
-        partial[0] += lane_sum(0, count, [&](int64_t i) { return b_terms[i]; });
-        partial[1] += lane_sum(0, count, [&](int64_t i) { return c_terms[i]; });
-      }
+  if (!b_row.has_value()) {
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * a[i];
     });
+    return {grad_x, torch::Tensor()};
+  }
+  check_like(*b_row, x, "b_row");
+  const float* b = b_row->data_ptr<float>();
+  auto sums = chunked_sums(n, 2, [=](int64_t begin, int64_t end, double* partial) {
+    for (int64_t start = begin; start < end; start += kFlush) {
+      const int64_t stop = std::min(end, start + kFlush);
+      partial[0] += lane_sum(start, stop, [=](int64_t i) {
+        gx[i] = g[i] * a[i];
+        return g[i] * b[i];
+      });
+      partial[1] += lane_sum(start, stop, [=](int64_t i) { return g[i] * (q[i] - a[i] * in[i]); });
+    }
   });
   return {grad_x, sums};
 }
