@@ -132,7 +132,7 @@ def test_native_lsq_per_channel_matches_the_chain(shape):
 
 # ---------------------------------------------------------------------- N2UQ and SLR
 
-SPECIALS = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e6, -1e6, float("inf"), float("-inf"), float("nan")])
+SPECIALS = torch.tensor([0.0, -0.0, 1e-30, -1e-30, 1e-44, -1e-44, 1e6, -1e6, 1.6e38, -1.6e38, 3e38, -3e38, float("inf"), float("-inf"), float("nan")])
 
 
 def _n2uq_case(qmin: int, levels: int):

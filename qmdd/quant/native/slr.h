@@ -33,7 +33,8 @@ namespace qmdd_native {
 // so the next term is below 2e-9 relative); what 1 + t lost to rounding is added back as
 // about (t - (u - 1)) / u. ln 2 is split into a part exact in 16 bits and the rest (fdlibm's
 // e_logf.c constants), so e ln 2 adds no rounding for |e| < 2^8.
-// Infinite, NaN and subnormal t are not handled here: slr_scaled_logs sends them to torch.
+// Infinite, NaN, subnormal and huge (> 1e30) t are not handled here: slr_scaled_logs sends
+// them to torch.
 inline float series_log1p(float t) {
   const float u = 1.0f + t;
   int32_t bits;
@@ -93,7 +94,7 @@ inline float slr_magnitude(float x, float shift) {
 
 // v = sign(x) log1p(magnitude / shift) / step for n <= kFlush elements, as the fused form
 // computes it, into v[0 .. n): by the series, and again by torch's log1p when an element
-// is in doubt (near a tie or a clip limit, or its log argument infinite, NaN or
+// is in doubt (near a tie or a clip limit, or its log argument infinite, NaN, above 1e30 or
 // subnormal). Clip limits only matter at |v| = hi (and |lo| when signed), integers >= hi;
 // v = 0 (the unsigned clip at lo = 0) the series decides exactly, by the sign of t.
 template <bool kSigned, int64_t kLevels>
@@ -110,7 +111,7 @@ inline void slr_scaled_logs(const float* __restrict__ in, float* __restrict__ v,
     const float near_tie = static_cast<float>(std::fabs(a - std::floor(a) - 0.5f) <= margin);
     const float near_limit = static_cast<float>(a >= first_limit - 0.5f) * static_cast<float>(std::fabs(a - std::nearbyint(a)) <= margin);
     const float abs_t = std::fabs(t);
-    const float unusual = static_cast<float>(!(abs_t <= 3.0e38f)) + static_cast<float>(abs_t < 1.2e-38f) * static_cast<float>(t != 0.0f);
+    const float unusual = static_cast<float>(!(abs_t <= 1.0e30f)) + static_cast<float>(abs_t < 1.2e-38f) * static_cast<float>(t != 0.0f);
     doubtful |= static_cast<int32_t>(near_tie + near_limit + unusual);
   }
   if (doubtful == 0) return;
