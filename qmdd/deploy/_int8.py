@@ -292,7 +292,7 @@ class Int8Model(nn.Module):
     Images enter in channels-last memory order (NHWC), which every op of the graph keeps:
     the backend's int8 convolutions work in NHWC and would otherwise reorder each input
     and output, and its int8 max pooling and additions vectorise over channels only in
-    NHWC (docs/deployment.md: the default detector's batch of 32 took 73 ms in NCHW, 60
+    NHWC (docs/deployment.md: the default detector's batch of 32 took 65 ms in NCHW, 52
     ms in NHWC; the values are the same)."""
 
     def __init__(self, graph: nn.Module) -> None:
