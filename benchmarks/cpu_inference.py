@@ -4,7 +4,8 @@ One run measures, per architecture and bit width, at 224 px:
 - counted params, MACs, BOPs, OPs and OPs ratio, counted storage (qmdd.cost);
 - the measured size of the QMDD packed file (.qmdd) against the FP32 ``state_dict`` file;
 - CPU latency of FP32 eager PyTorch and of the int8 deployment (qmdd.deploy.to_int8) at
-  batch 1 and 32, and the speedup;
+  batch 1 and 32, and the speedup; also FP32 in NHWC, the int8 model's memory order
+  (``nhwc_speedup_*``: the int8 model against it);
 - the agreement of the int8 model with the fake-quant model (share of equal labels at 0.5,
   maximum probability difference) on crops of qmdd's shipped photos.
 
@@ -24,6 +25,7 @@ times it in ONNX Runtime (its file size and latency in the ``onnx_*`` fields).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -133,6 +135,8 @@ def main() -> int:
             row.update({k: v for k, v in cost_summary(model, args.size).items() if k != "convention"})
             row["file_ratio"] = fp32_file / row["file_bytes"]
             engines[row["quant"]] = model if bits == 32 else to_int8(model, calib)
+            if bits == 32:
+                engines["fp32-nhwc"] = ChannelsLast(copy.deepcopy(model))
             if bits < 32 and args.onnx:
                 onnx_path = os.path.join(onnx_folder.name, f"{arch}-{tag}.onnx")
                 export_onnx(onnx_path, model, config, calib)
@@ -155,6 +159,8 @@ def main() -> int:
             for tag, row in arch_rows.items():
                 row[f"latency_ms_b{batch_size}"] = 1000 * seconds[tag]
                 row[f"speedup_b{batch_size}"] = seconds["fp32"] / seconds[tag] if "fp32" in seconds else float("nan")
+                if "fp32-nhwc" in seconds:  # the FP32 model in the int8 model's memory order
+                    row[f"nhwc_speedup_b{batch_size}"] = seconds["fp32-nhwc"] / seconds[tag]
                 if f"{tag}-onnx" in seconds:
                     row[f"onnx_latency_ms_b{batch_size}"] = 1000 * seconds[f"{tag}-onnx"]
                     row[f"onnx_speedup_b{batch_size}"] = seconds["fp32"] / seconds[f"{tag}-onnx"] if "fp32" in seconds else float("nan")
