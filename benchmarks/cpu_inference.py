@@ -56,12 +56,13 @@ def reestimate_batchnorm(model: nn.Module, batches) -> None:
 
 
 class ChannelsLast(nn.Module):
-    """``model`` (converted to channels-last weights) fed channels-last images: the FP32
-    reference in the memory order the int8 model runs in, which is faster for FP32 too."""
+    """A copy of ``model`` with channels-last weights, fed channels-last images: the FP32
+    reference in the memory order the int8 model runs in, which is faster for FP32 too.
+    ``model`` itself is left as it is (``Module.to`` converts in place)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
+        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.contiguous(memory_format=torch.channels_last))
@@ -136,7 +137,7 @@ def main() -> int:
             row["file_ratio"] = fp32_file / row["file_bytes"]
             engines[row["quant"]] = model if bits == 32 else to_int8(model, calib)
             if bits == 32:
-                engines["fp32-nhwc"] = ChannelsLast(copy.deepcopy(model))
+                engines["fp32-nhwc"] = ChannelsLast(model)
             if bits < 32 and args.onnx:
                 onnx_path = os.path.join(onnx_folder.name, f"{arch}-{tag}.onnx")
                 export_onnx(onnx_path, model, config, calib)

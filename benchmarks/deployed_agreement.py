@@ -27,7 +27,6 @@ that one run.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -102,7 +101,7 @@ def _score_all(detector, engines: dict[str, torch.nn.Module], batch_size: int) -
 
 def _timing(config, engines: dict[str, torch.nn.Module], reps: int) -> dict[str, dict[str, float]]:
     fp32 = build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False).eval()
-    timed = {"fp32": fp32, "fp32_nhwc": ChannelsLast(copy.deepcopy(fp32)), **engines}
+    timed = {"fp32": fp32, "fp32_nhwc": ChannelsLast(fp32), **engines}
     size = config.data.crop_size
     timing = {}
     for batch_size in (1, 32):

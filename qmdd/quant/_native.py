@@ -4,12 +4,12 @@ Fake quantization does a few flops per element, so on the CPU its cost is memory
 and operator calls: the LSQ chain of ``_lsq.py`` makes five passes forward and four
 backward over an activation, each a separate PyTorch operator, and the fused Python forms
 of SLR and N2UQ still run some twenty operators per block. ``native/`` does the same
-arithmetic in one pass each way per family (``lsq.h``, ``n2uq.h``, ``slr.h``; SLR's
-forward in two passes over each cache-sized block, with torch's own ``log1p`` between
-them, and its exp a lookup: it is only ever taken at the 2^b codes). Forward values and
-input gradients are bit for bit those of the Python forms; parameter-gradient sums are accumulated in double over fixed chunks
-(the same on any thread count), so they match to float rounding. Measured in
-docs/performance.md.
+arithmetic in one pass each way per family (``lsq.h``, ``n2uq.h``, ``slr.h``; SLR's log
+a short series, with torch's own ``log1p`` redoing any block where the two could round
+differently, and its exp a lookup: it is only ever taken at the 2^b codes). Forward
+values and input gradients are bit for bit those of the Python forms; parameter-gradient
+sums are accumulated in double over fixed chunks (the same on any thread count), so they
+match to float rounding. Measured in docs/performance.md.
 
 The kernels are compiled by :func:`torch.utils.cpp_extension.load` (Ninja and the system
 C++ compiler) the first time a process needs them, about a minute, and cached by PyTorch

@@ -4,8 +4,9 @@ LSQ against its chain (``_LSQFakeQuant``), N2UQ and SLR against their fused Pyth
 (``_N2UQFakeQuant``, ``_SLRFakeQuant``; ``test_fused_n2uq_slr.py`` also runs its whole
 comparison with the textbook references through the native kernels). What "the same"
 means: the forward values and input gradients bit for bit (the kernels do the Python
-forms' float32 operations in the same order, SLR's log with torch's own log1p and its exp
-looked up from torch.exp at the codes), special values included; parameter gradients to
+forms' float32 operations in the same order; SLR's log is a series within 2 ulp of torch's
+log1p, which redoes any block with a value near a rounding tie or clip limit, and its exp
+is looked up from torch.exp at the codes), special values included; parameter gradients to
 float rounding (the kernels sum in float lanes flushed into double over fixed chunks, so
 their sums do not depend on the thread count, which is tested bit for bit).
 
