@@ -7,6 +7,8 @@ Deployed forms (any quantizer family, plain or CQB blocks):
 
 - ``int8``: ``qmdd.deploy.to_int8`` of the model (PyTorch's x86 int8 backend);
 - ``onnx``: ``qmdd.deploy.export_onnx`` of it, run by ONNX Runtime on the CPU;
+- ``onnx_float``: the float-activation ONNX file (``export_onnx(..., activations="float")``:
+  the fake-quant model's float graph with integer weights), in ONNX Runtime;
 - ``packed``: the ``.qmdd`` file written and loaded back (its outputs are checked equal to
   the fake-quant model's, and it is not scored again).
 
@@ -16,7 +18,7 @@ and by each deployed form; per set and overall the script reports the share of e
 labels at 0.5 and at the checkpoint's validation threshold, the largest difference of the
 fake probabilities, and the AP of each form.
 
-Sizes: the ``.qmdd`` and ``.onnx`` files against ``torch.save`` of the FP32 state dict of
+Sizes: the ``.qmdd`` and both ``.onnx`` files against ``torch.save`` of the FP32 state dict of
 the same architecture. Speed: FP32 eager PyTorch (the same architecture in full precision;
 speed does not depend on the weights) in its default NCHW memory order and in NHWC (the
 order the int8 model runs in, faster for FP32 as well), the int8 model and ONNX Runtime at
@@ -44,6 +46,10 @@ from qmdd.detector import build_detector, load_detector
 from qmdd.metrics import average_precision
 
 
+#: The deployed forms scored and timed, in the printed order.
+ENGINES = ("int8", "onnx", "onnx_float")
+
+
 def _scores(model: torch.nn.Module, dataset, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = [], []
     with torch.inference_mode():
@@ -63,20 +69,23 @@ def _agreement(reference: np.ndarray, deployed: np.ndarray, threshold: float) ->
     }
 
 
-def _files(detector, folder: str, calibration) -> tuple[dict[str, int], torch.nn.Module, float]:
-    """Write the packed and ONNX files; return their sizes, the ONNX model and the largest
-    output difference of the loaded packed model from the fake-quant model."""
+def _files(detector, folder: str, calibration) -> tuple[dict[str, int], dict[str, torch.nn.Module], float]:
+    """Write the packed and both ONNX files; return their sizes, the ONNX models and the
+    largest output difference of the loaded packed model from the fake-quant model."""
     config = detector.config
-    packed, onnx_path, fp32 = (os.path.join(folder, name) for name in ("model.qmdd", "model.onnx", "fp32.pt"))
+    packed, onnx_path, onnx_float, fp32 = (os.path.join(folder, name) for name in ("model.qmdd", "model.onnx", "float.onnx", "fp32.pt"))
     save_packed(packed, detector.model, config, detector.threshold)
     export_onnx(onnx_path, detector.model, config, calibration, detector.threshold)
+    export_onnx(onnx_float, detector.model, config, calibration, detector.threshold, activations="float")
     fp32_model = build_detector(replace(config, quant=config.quant.at_full_precision()), pretrained=False)
     torch.save(fp32_model.state_dict(), fp32)
     probe = calibration[0]
     with torch.inference_mode():
         packed_diff = float((load_packed(packed).model(probe) - detector.model(probe)).abs().max())
-    sizes = {name: os.path.getsize(path) for name, path in (("fp32_state_dict", fp32), ("qmdd", packed), ("onnx", onnx_path))}
-    return sizes, open_deployed(onnx_path, threads=torch.get_num_threads()).model, packed_diff
+    files = {"fp32_state_dict": fp32, "qmdd": packed, "onnx": onnx_path, "onnx_float": onnx_float}
+    sizes = {name: os.path.getsize(path) for name, path in files.items()}
+    models = {name: open_deployed(files[name], threads=torch.get_num_threads()).model for name in ("onnx", "onnx_float")}
+    return sizes, models, packed_diff
 
 
 def _score_all(detector, engines: dict[str, torch.nn.Module], batch_size: int) -> tuple[list[dict], dict]:
@@ -115,19 +124,20 @@ def _timing(config, engines: dict[str, torch.nn.Module], reps: int) -> dict[str,
 def _print(result: dict) -> None:
     print(f"{result['arch']} {result['quant']} ({result['quantizer']}, {result['block']}), threshold {result['threshold']:.3f}, {result['input_size']} px")
     sizes = result["sizes"]
-    print(f"files: FP32 state_dict {sizes['fp32_state_dict'] / 1e6:.2f} MB, .qmdd {sizes['qmdd'] / 1e6:.2f} MB ({sizes['fp32_state_dict'] / sizes['qmdd']:.2f}x), "
-          f".onnx {sizes['onnx'] / 1e6:.2f} MB ({sizes['fp32_state_dict'] / sizes['onnx']:.2f}x); packed max |Δlogit| {result['packed_max_logit_diff']:.2e}")
-    print("| set | images | AP fake-quant | int8: equal @0.5 / @thr, max Δp, AP | onnx: equal @0.5 / @thr, max Δp, AP |")
-    print("|---|---|---|---|---|")
+    fp32 = sizes["fp32_state_dict"]
+    files = ", ".join(f"{name} {sizes[name] / 1e6:.2f} MB ({fp32 / sizes[name]:.2f}x)" for name in ("qmdd", "onnx", "onnx_float"))
+    print(f"files: FP32 state_dict {fp32 / 1e6:.2f} MB, {files}; packed max |Δlogit| {result['packed_max_logit_diff']:.2e}")
+    print("| set | images | AP fake-quant | " + " | ".join(f"{e}: equal @0.5 / @thr, max Δp, AP" for e in ENGINES) + " |")
+    print("|---|---|---|" + "---|" * len(ENGINES))
     for r in [*result["sets"], {"set": "all", **result["overall"], "ap_fake_quant": result["overall"]["mean_ap_fake_quant"]}]:
         cells = []
-        for engine in ("int8", "onnx"):
+        for engine in ENGINES:
             e = r[engine]
             cells.append(f"{100 * e['equal_labels_05']:.2f}% / {100 * e['equal_labels_thr']:.2f}%, {e['max_prob_diff']:.3f}, {100 * e.get('ap', e.get('mean_ap')):.2f}")
-        print(f"| {r['set']} | {r['images']} | {100 * r['ap_fake_quant']:.2f} | {cells[0]} | {cells[1]} |")
+        print(f"| {r['set']} | {r['images']} | {100 * r['ap_fake_quant']:.2f} | " + " | ".join(cells) + " |")
     for key, t in result["timing"].items():
-        print(f"latency {key}: FP32 {t['fp32_ms']:.2f} ms, FP32 NHWC {t['fp32_nhwc_ms']:.2f} ms ({t['fp32_nhwc_speedup']:.2f}x), "
-              f"int8 {t['int8_ms']:.2f} ms ({t['int8_speedup']:.2f}x), ONNX Runtime {t['onnx_ms']:.2f} ms ({t['onnx_speedup']:.2f}x)")
+        others = ", ".join(f"{name} {t[f'{name}_ms']:.2f} ms ({t[f'{name}_speedup']:.2f}x)" for name in ("fp32_nhwc", *ENGINES))
+        print(f"latency {key}: FP32 {t['fp32_ms']:.2f} ms, {others}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     config = detector.config
     calibration = calibration_images(config.data)
     with tempfile.TemporaryDirectory() as folder:
-        sizes, onnx_model, packed_diff = _files(detector, folder, calibration)
-        engines = {"int8": to_int8(detector.model, calibration), "onnx": onnx_model}
+        sizes, onnx_models, packed_diff = _files(detector, folder, calibration)
+        engines = {"int8": to_int8(detector.model, calibration), **onnx_models}
         rows, overall = _score_all(detector, engines, args.batch_size)
         timing = _timing(config, engines, args.reps)
     result = {

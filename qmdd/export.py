@@ -13,7 +13,8 @@ quantizer family (LSQ, N2UQ, SLR), every other tensor as little-endian float32, 
 resolved config; it loads back (``qmdd.deploy.load_packed``) into a model whose outputs
 equal the checkpoint's. ``onnx``: the int8 model as a QDQ ONNX graph (int8 weights,
 QuantizeLinear/DequantizeLinear around the integer ops, the input filter included) with
-the config and decision threshold as metadata, for ONNX Runtime; needs the ``onnx`` extra
+the config and decision threshold as metadata, for ONNX Runtime (``--onnx-activations
+float``: the fake-quant model's own float graph with integer weights instead); needs the ``onnx`` extra
 (``pip install 'qmdd[onnx]'``). Layout and measurements: docs/deployment.md.
 """
 
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output file, conventionally ending in .qmdd (or .onnx with --format onnx)")
     parser.add_argument("--format", choices=("qmdd", "onnx"), default="qmdd", help="qmdd: the packed model (default); onnx: a QDQ ONNX model for ONNX Runtime")
     parser.add_argument("--onnx-weights", choices=("int8", "int4"), default="int8", help="with --format onnx: int8 weights (opset 13, fused integer convs in ONNX Runtime; default) or int4 (opset 21, smaller file, slower in ONNX Runtime)")
+    parser.add_argument(
+        "--onnx-activations",
+        choices=("int8", "float"),
+        default="int8",
+        help="with --format onnx: int8 (the int8 model's QDQ graph: integer convs, fastest; default) or float (the fake-quant model in float ops with integer weights: "
+        "its outputs up to float rounding, at float speed; the form for SLR, whose log-spaced levels the int8 graph approximates)",
+    )
     return parser
 
 
@@ -66,7 +74,7 @@ def _write(args: argparse.Namespace):
     if args.format == "onnx":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation of quantized tensors
-            return loaded, export_onnx(args.out, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold, args.onnx_weights)
+            return loaded, export_onnx(args.out, loaded.model, loaded.config, calibration_images(loaded.config.data), loaded.threshold, args.onnx_weights, args.onnx_activations)
     return loaded, save_packed(args.out, loaded.model, loaded.config, threshold=loaded.threshold)
 
 

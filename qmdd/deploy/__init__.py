@@ -22,7 +22,7 @@ from qmdd.deploy._format import (
     save_packed,
     unpack_codes,
 )
-from qmdd.deploy._onnx import ONNX_INT4_OPSET, ONNX_OPSET, WEIGHT_TYPES, OnnxFormatError, OnnxModel, OnnxStats, export_onnx, load_onnx
+from qmdd.deploy._onnx import ACTIVATION_TYPES, ONNX_INT4_OPSET, ONNX_OPSET, WEIGHT_TYPES, OnnxFormatError, OnnxModel, OnnxStats, export_onnx, load_onnx
 from qmdd.deploy._open import DEFAULT_ENGINE, ENGINES, file_kind, open_deployed
 from qmdd.deploy._int8 import Int8ConversionError, Int8LevelInput, Int8LSQInput, Int8Model, LevelInput, LSQInput, calibration_images, int8_weight_codes, lowbit_float_model, to_int8
 
@@ -52,6 +52,7 @@ __all__ = [
     "ONNX_OPSET",
     "ONNX_INT4_OPSET",
     "WEIGHT_TYPES",
+    "ACTIVATION_TYPES",
     "OnnxFormatError",
     "OnnxModel",
     "OnnxStats",

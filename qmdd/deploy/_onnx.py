@@ -17,6 +17,14 @@ and 3-bit codes as INT4 (opset 21), half the bytes, which ONNX Runtime runs by
 dequantizing them to float convolutions (slower; measured in docs/deployment.md). The file
 carries the run config and the decision threshold as metadata (``qmdd.config``,
 ``qmdd.threshold``), so one file is a whole detector.
+
+``activations="float"`` writes the other form: the fake-quant model itself in float
+operators (the input quantizers as comparisons and a ``Gather`` of their exact levels,
+LSQ's as ``Round``), only the low-bit weights integer (int8 codes behind a per-channel
+``DequantizeLinear``, which ONNX Runtime folds into float weights when it opens the file).
+Its outputs are the fake-quant model's up to float rounding, for every family, at the
+speed of a float model: the form for SLR, whose log-spaced levels the integer graph can
+only approximate (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -33,12 +41,12 @@ from torch import nn
 
 import qmdd
 from qmdd.config import ConfigError, RunConfig, config_from_dict, config_to_dict
-from qmdd.deploy._int8 import _ENGINE, _quantized_engine, to_int8
+from qmdd.deploy._int8 import _ENGINE, _quantized_engine, lowbit_float_model, to_int8
 from qmdd.detector import LoadedDetector, resolve_model_defaults, validate_config
 from qmdd.metrics import DEFAULT_THRESHOLD
 from qmdd.utils import atomic_write
 
-__all__ = ["ONNX_OPSET", "ONNX_INT4_OPSET", "WEIGHT_TYPES", "OnnxFormatError", "OnnxModel", "OnnxStats", "export_onnx", "load_onnx"]
+__all__ = ["ONNX_OPSET", "ONNX_INT4_OPSET", "WEIGHT_TYPES", "ACTIVATION_TYPES", "OnnxFormatError", "OnnxModel", "OnnxStats", "export_onnx", "load_onnx"]
 
 #: The operator set written: 13 is the first with per-channel ``DequantizeLinear`` (axis);
 #: 21 the first with INT4 tensors (``weights="int4"``).
@@ -46,10 +54,18 @@ ONNX_OPSET = 13
 ONNX_INT4_OPSET = 21
 #: Weight types of :func:`export_onnx`.
 WEIGHT_TYPES = ("int8", "int4")
+#: Activation types of :func:`export_onnx`: the int8 QDQ graph, or float activations.
+ACTIVATION_TYPES = ("int8", "float")
 _FORMAT_KEY = "qmdd.format"
 _FORMAT_VALUE = "qmdd-onnx-detector"
 _CONFIG_KEY = "qmdd.config"
 _THRESHOLD_KEY = "qmdd.threshold"
+_ACTIVATIONS_KEY = "qmdd.activations"
+#: ONNX Runtime's session option that turns its QDQ fusions off, so that constant folding
+#: turns a float-activation file's weight ``DequantizeLinear`` nodes into float weights
+#: once, at load (left in, they run at every call and keep the convs off ONNX Runtime's
+#: prepacked float kernels: 15 % slower on the default detector, measured).
+_FOLD_QDQ_OPTION = "session.disable_quant_qdq"
 _VERSION_KEY = "qmdd.version"
 #: Largest ONNX file the reader opens: protobuf's own limit is 2 GiB; a registered backbone's
 #: int8 file is about 32 MB (ResNet-50 with CQB).
@@ -139,16 +155,18 @@ def _refine_weight_scales(int8_model: nn.Module, limit: int = _MAX_REFINED_WEIGH
     return refined
 
 
-def _trace_to_onnx(int8_model: nn.Module, example: torch.Tensor) -> bytes:
-    """The int8 graph through the TorchScript exporter, which writes PyTorch's quantized
-    ops (``quantized::conv2d``, ``quantized::add_relu``, ...) as QDQ patterns."""
+def _trace_to_onnx(module: nn.Module, example: torch.Tensor) -> bytes:
+    """``module`` (the int8 model's graph, or a float model) through the TorchScript
+    exporter, which writes PyTorch's quantized ops (``quantized::conv2d``,
+    ``quantized::add_relu``, ...) as QDQ patterns and folds a float model's BatchNorms
+    into the convolutions before them."""
     buffer = io.BytesIO()
     torch.onnx.register_custom_op_symbolic("quantized::batch_norm2d", _quantized_batch_norm, ONNX_OPSET)
     torch.onnx.register_custom_op_symbolic("aten::unflatten", _unflatten, ONNX_OPSET)
     with warnings.catch_warnings(), _quantized_engine(_ENGINE), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's and torch.ao's deprecation notes
         torch.onnx.export(
-            int8_model.graph,
+            module,
             (example,),
             buffer,
             dynamo=False,
@@ -158,6 +176,59 @@ def _trace_to_onnx(int8_model: nn.Module, example: torch.Tensor) -> bytes:
             dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
         )
     return buffer.getvalue()
+
+
+def _integer_weights(proto, codes: dict[str, torch.Tensor]) -> int:
+    """Store the low-bit weights of a float graph as their int8 codes behind a per-channel
+    ``DequantizeLinear`` (axis 0). ``codes``: the codes of each low-bit layer
+    (:func:`~qmdd.deploy.lowbit_float_model`), in the model's layer order. The exporter has
+    folded BatchNorm into the weights and named them anew, so each conv (or ``Gemm``)
+    weight is matched to the next unmatched codes of its shape whose per-channel
+    least-squares scale reproduces it within float rounding (the scale times the code is
+    the weight to 1e-5 of the channel's largest entry; gamma < 0 flips a channel's codes).
+    Returns how many weights it stored; :class:`OnnxFormatError` if a layer's codes match
+    no weight."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in proto.graph.initializer}
+    pending = [code.numpy().astype(np.float64) for code in codes.values()]
+    stored = []
+    for node in proto.graph.node:
+        transposed = node.op_type == "Gemm" and not any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        if node.op_type not in ("Conv", "Gemm") or transposed or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        rows = weight.reshape(weight.shape[0], -1)
+        for index, code in enumerate(pending):
+            if code.shape != weight.shape:
+                continue
+            flat = code.reshape(code.shape[0], -1)
+            norm = (flat * flat).sum(axis=1)
+            scale = np.where(norm > 0, (rows * flat).sum(axis=1) / np.maximum(norm, 1), 1.0)
+            integers = np.where(scale[:, None] < 0, -flat, flat)
+            scale = np.abs(scale)
+            error = np.abs(integers * scale[:, None] - rows).max(initial=0.0)
+            if error > 1e-5 * max(float(np.abs(rows).max(initial=0.0)), 1e-30):
+                continue
+            name = node.input[1]
+            proto.graph.initializer.remove(initializers[name])
+            proto.graph.initializer.extend([
+                numpy_helper.from_array(integers.reshape(weight.shape).astype(np.int8), f"{name}_codes"),
+                numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                numpy_helper.from_array(np.zeros(weight.shape[0], dtype=np.int8), f"{name}_zero_point"),
+            ])
+            stored.append((node, helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scale", f"{name}_zero_point"], [name], axis=0)))
+            del pending[index]
+            break
+    if pending:
+        raise OnnxFormatError(f"{len(pending)} of {len(codes)} low-bit layers' codes match no weight of the exported graph; cannot store them as integers")
+    nodes = list(proto.graph.node)
+    for consumer, dequantize in stored:
+        nodes.insert(nodes.index(consumer), dequantize)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return len(stored)
 
 
 def _constant_dtypes(graph) -> dict[str, int]:
@@ -206,7 +277,9 @@ def _int4_weights(onnx, proto):
         proto = version_converter.convert_version(proto, ONNX_INT4_OPSET)
     except Exception as error:  # noqa: BLE001 - the converter raises bare RuntimeErrors and others
         raise OnnxFormatError(f"cannot convert the model to opset {ONNX_INT4_OPSET} for INT4 weights: {_first_line(error)}") from None
-    constants = {node.output[0]: node for node in proto.graph.node if node.op_type == "Constant"}
+    # Weights are Constant nodes in the int8 graph and initializers in the float one.
+    constants = {node.output[0]: node.attribute[0].t for node in proto.graph.node if node.op_type == "Constant"}
+    constants.update((init.name, init) for init in proto.graph.initializer)
     converted = 0
     for node in proto.graph.node:
         if node.op_type != "DequantizeLinear" or len(node.input) != 3:
@@ -214,13 +287,14 @@ def _int4_weights(onnx, proto):
         weight, zero = constants.get(node.input[0]), constants.get(node.input[2])
         if weight is None or zero is None:
             continue
-        values = numpy_helper.to_array(weight.attribute[0].t)
+        values = numpy_helper.to_array(weight)
         if values.dtype != "int8" or values.ndim < 2 or values.min() < -8 or values.max() > 7:
             continue
-        zeros = numpy_helper.to_array(zero.attribute[0].t)
-        # ml_dtypes' int4 (an onnx dependency) makes raw data packed two per byte.
-        weight.attribute[0].t.CopyFrom(numpy_helper.from_array(values.astype(ml_dtypes.int4), "weight"))
-        zero.attribute[0].t.CopyFrom(numpy_helper.from_array(zeros.astype(ml_dtypes.int4), "zero_point"))
+        zeros = numpy_helper.to_array(zero)
+        # ml_dtypes' int4 (an onnx dependency) makes raw data packed two per byte; the
+        # tensors keep their names (an initializer is found by it).
+        weight.CopyFrom(numpy_helper.from_array(values.astype(ml_dtypes.int4), weight.name))
+        zero.CopyFrom(numpy_helper.from_array(zeros.astype(ml_dtypes.int4), zero.name))
         converted += 1
     return proto, converted
 
@@ -232,6 +306,7 @@ def export_onnx(
     calibration_batches: Iterable[torch.Tensor],
     threshold: float = DEFAULT_THRESHOLD,
     weights: str = "int8",
+    activations: str = "int8",
 ) -> OnnxStats:
     """Write a calibrated fake-quant ``model`` as a QDQ ONNX detector, atomically.
 
@@ -240,6 +315,9 @@ def export_onnx(
     width the file then expects (the batch size is free). ``weights``: ``int8`` (opset 13;
     ONNX Runtime fuses them into integer convolutions) or ``int4`` (opset 21, half the
     weight bytes; ONNX Runtime dequantizes them to float convolutions, so it is slower).
+    ``activations``: ``int8`` (the int8 model's QDQ graph) or ``float`` (the fake-quant
+    model in float operators with integer weights, module docstring; it needs no
+    calibration, but the first batch still fixes the traced input size).
     The written model is checked with ``onnx.checker`` and must load in ONNX Runtime
     before the file is replaced.
     """
@@ -248,12 +326,19 @@ def export_onnx(
         raise OnnxFormatError(f"threshold {threshold} is not a probability in [0, 1]")
     if weights not in WEIGHT_TYPES:
         raise OnnxFormatError(f"unknown ONNX weight type {weights!r}; known: {', '.join(WEIGHT_TYPES)}")
+    if activations not in ACTIVATION_TYPES:
+        raise OnnxFormatError(f"unknown ONNX activation type {activations!r}; known: {', '.join(ACTIVATION_TYPES)}")
     batches = list(calibration_batches)
-    int8_model = to_int8(model, batches, level_lookup=False)
-    with _quantized_engine(_ENGINE):
-        _refine_weight_scales(int8_model, 7 if weights == "int4" else _MAX_REFINED_WEIGHT)
-    proto = onnx.load_from_string(_trace_to_onnx(int8_model, batches[0][:1]))
-    _drop_redundant_casts(proto.graph)
+    if activations == "float":
+        float_model, codes, _ = lowbit_float_model(model, exact_levels=True)
+        proto = onnx.load_from_string(_trace_to_onnx(float_model, batches[0][:1]))
+        _integer_weights(proto, codes)
+    else:
+        int8_model = to_int8(model, batches, level_lookup=False)
+        with _quantized_engine(_ENGINE):
+            _refine_weight_scales(int8_model, 7 if weights == "int4" else _MAX_REFINED_WEIGHT)
+        proto = onnx.load_from_string(_trace_to_onnx(int8_model.graph, batches[0][:1]))
+        _drop_redundant_casts(proto.graph)
     if weights == "int4":
         proto, _ = _int4_weights(onnx, proto)
     metadata = {
@@ -261,6 +346,7 @@ def export_onnx(
         _VERSION_KEY: qmdd.__version__,
         _CONFIG_KEY: json.dumps(config_to_dict(config)),
         _THRESHOLD_KEY: repr(float(threshold)),
+        _ACTIVATIONS_KEY: activations,
     }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
@@ -268,7 +354,7 @@ def export_onnx(
     proto.producer_name = "qmdd"
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
-    _session(data, Path(path))  # ONNX Runtime must accept it before the file is replaced
+    _session(data, Path(path), fold_weights=activations == "float")  # ONNX Runtime must accept it before the file is replaced
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
@@ -281,8 +367,9 @@ def export_onnx(
     return OnnxStats(Path(path), len(data), opset, operators)
 
 
-def _session(data: bytes, path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session for the serialized model ``data``."""
+def _session(data: bytes, path: Path, threads: int | None = None, fold_weights: bool = False):
+    """An ONNX Runtime CPU session for the serialized model ``data``; ``fold_weights``
+    (float-activation files) folds the weights' ``DequantizeLinear`` into float weights."""
     try:
         import onnxruntime
     except ImportError:
@@ -291,6 +378,8 @@ def _session(data: bytes, path: Path, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only; a failure is reported below in one sentence
+    if fold_weights:
+        options.add_session_config_entry(_FOLD_QDQ_OPTION, "1")
     try:
         return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own pybind11 types
@@ -336,7 +425,9 @@ def _read_model(path: Path):
     return proto, data
 
 
-def _metadata(path: Path, proto) -> tuple[RunConfig, float]:
+def _metadata(path: Path, proto) -> tuple[RunConfig, float, str]:
+    """The file's run config, decision threshold and activation type (``int8`` for files
+    written before there was a choice)."""
     meta = {entry.key: entry.value for entry in proto.metadata_props}
     if meta.get(_FORMAT_KEY) != _FORMAT_VALUE or _CONFIG_KEY not in meta:
         raise OnnxFormatError(f"{path}: an ONNX model, but not a qmdd detector (no {_CONFIG_KEY!r} metadata; export it with python -m qmdd.export --format onnx)")
@@ -350,7 +441,10 @@ def _metadata(path: Path, proto) -> tuple[RunConfig, float]:
         threshold = -1.0
     if not 0.0 <= threshold <= 1.0:
         raise OnnxFormatError(f"{path}: {_THRESHOLD_KEY!r} metadata must be a probability in [0, 1], got {meta.get(_THRESHOLD_KEY)!r}")
-    return resolve_model_defaults(config), threshold
+    activations = meta.get(_ACTIVATIONS_KEY, "int8")
+    if activations not in ACTIVATION_TYPES:
+        raise OnnxFormatError(f"{path}: {_ACTIVATIONS_KEY!r} metadata must be one of {', '.join(ACTIVATION_TYPES)}, got {activations!r}")
+    return resolve_model_defaults(config), threshold, activations
 
 
 def _check_signature(path: Path, session, config: RunConfig) -> None:
@@ -374,7 +468,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> LoadedDetector:
     """
     path = Path(path)
     proto, data = _read_model(path)
-    config, threshold = _metadata(path, proto)
-    session = _session(data, path, threads)
+    config, threshold, activations = _metadata(path, proto)
+    session = _session(data, path, threads, fold_weights=activations == "float")
     _check_signature(path, session, config)
     return LoadedDetector(OnnxModel(session).eval(), config, threshold)

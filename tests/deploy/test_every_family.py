@@ -256,6 +256,61 @@ def test_onnx_model_is_qdq_with_int8_weights_and_runs_the_int8_model(deployed):
     assert (fused - _probabilities(model, x)).abs().max() < 0.15
 
 
+def _integer_weight_initializers(proto, data_type: int) -> list:
+    """The 4-D (conv) weight initializers of ``data_type`` that a ``DequantizeLinear`` reads."""
+    read = {node.input[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
+    return [init for init in proto.graph.initializer if init.name in read and init.data_type == data_type and len(init.dims) == 4]
+
+
+def test_float_activation_onnx_is_the_fake_quant_model_with_integer_weights(deployed):
+    """activations="float": no activation is quantized to 8 bits, so every family (SLR's
+    log-spaced levels included) gives the fake-quant model's outputs up to float rounding."""
+    family, _, model, config, folder, calibration = deployed
+    stats = export_onnx(folder / "float.onnx", model, config, calibration, threshold=0.4, activations="float")
+    proto = onnx.load(str(folder / "float.onnx"))
+    onnx.checker.check_model(proto)
+    low_bit = [layer for _, layer in quantized_layers(model) if layer.weight_bits < 32]
+    codes = _integer_weight_initializers(proto, onnx.TensorProto.INT8)
+    assert stats.operators.get("QuantizeLinear", 0) == 0 and len(codes) == len(low_bit)
+    for init in codes:  # 2-bit codes (N2UQ's half-integers doubled to odd integers)
+        values = onnx.numpy_helper.to_array(init)
+        assert max(len(np.unique(row)) for row in values.reshape(values.shape[0], -1)) <= 4
+        assert np.abs(values).max() <= (3 if family == "n2uq" else 2)
+    x = torch.randn(16, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    loaded = load_onnx(folder / "float.onnx")
+    assert loaded.threshold == pytest.approx(0.4)
+    assert torch.allclose(_probabilities(loaded.model, x), _probabilities(model, x), atol=1e-5)
+
+
+def test_float_activation_onnx_takes_int4_weights(tmp_path):
+    model, config = _detector("slr", "plain", arch="cnn5")
+    calibration = [torch.randn(2, 3, SIZE, SIZE)]
+    eight = export_onnx(tmp_path / "w8.onnx", model, config, calibration, activations="float")
+    four = export_onnx(tmp_path / "w4.onnx", model, config, calibration, weights="int4", activations="float")
+    assert four.opset == 21 and four.file_bytes < eight.file_bytes
+    low_bit = sum(1 for _, layer in quantized_layers(model) if layer.weight_bits < 32)
+    assert len(_integer_weight_initializers(onnx.load(str(tmp_path / "w4.onnx")), onnx.TensorProto.INT4)) == low_bit
+    x = torch.randn(4, 3, SIZE, SIZE)
+    assert torch.allclose(_probabilities(load_onnx(tmp_path / "w4.onnx").model, x), _probabilities(model, x), atol=1e-5)
+
+
+def test_integer_weights_refuse_codes_that_match_no_weight():
+    from qmdd.deploy._onnx import _integer_weights
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
+        [onnx.numpy_helper.from_array(np.array([1.5, -0.5, 0.25, 2.0], dtype=np.float32).reshape(2, 2, 1, 1), "w")],
+    )
+    proto = onnx.helper.make_model(graph)
+    with pytest.raises(OnnxFormatError, match="1 of 1 low-bit layers"):
+        _integer_weights(proto, {"conv": torch.tensor([[1, 1], [1, 0]], dtype=torch.int8).reshape(2, 2, 1, 1)})
+    assert _integer_weights(proto, {"conv": torch.tensor([[3, -1], [1, 8]], dtype=torch.int8).reshape(2, 2, 1, 1)}) == 1
+    dequantize = next(node for node in proto.graph.node if node.op_type == "DequantizeLinear")
+    assert dequantize.output[0] == "w" and [node.op_type for node in proto.graph.node] == ["DequantizeLinear", "Conv"]
+
+
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory):
     model, config = _detector("slr", "cqb")
@@ -264,7 +319,7 @@ def onnx_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "foreign", "activations"])
 def test_corrupt_onnx_files_give_one_sentence_naming_the_file(onnx_file, tmp_path, damage):
     data = onnx_file.read_bytes()
     path = tmp_path / "bad.onnx"
@@ -274,6 +329,10 @@ def test_corrupt_onnx_files_give_one_sentence_naming_the_file(onnx_file, tmp_pat
         path.write_bytes(data[:40] + bytes(b ^ 0xFF for b in data[40:80]) + data[80:])
     elif damage == "empty":
         path.write_bytes(b"")
+    elif damage == "activations":  # a qmdd detector whose metadata names no known form
+        proto = onnx.load(str(onnx_file))
+        next(entry for entry in proto.metadata_props if entry.key == "qmdd.activations").value = "int2"
+        onnx.save(proto, str(path))
     else:  # a valid ONNX model that is not a qmdd detector
         graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])], [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
         onnx.save(onnx.helper.make_model(graph), str(path))
@@ -341,6 +400,10 @@ def test_export_cli_writes_onnx_and_reports_bad_checkpoints(tmp_path, capsys):
     assert "ONNX, opset 13" in capsys.readouterr().out
     loaded = load_onnx(tmp_path / "m.onnx")
     assert loaded.config.quant.quantizer == "n2uq" and loaded.config.model.arch == "cnn5"
+    assert export_main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "f.onnx"), "--format", "onnx", "--onnx-activations", "float"]) == 0
+    assert "0 QuantizeLinear" in capsys.readouterr().out
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert torch.allclose(_probabilities(load_onnx(tmp_path / "f.onnx").model, x), _probabilities(model, x), atol=1e-5)
     assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx"), "--format", "onnx"]) == 1
     err = capsys.readouterr().err
     assert "missing.pt" in err and "Traceback" not in err and not (tmp_path / "x.onnx").exists()
