@@ -219,9 +219,9 @@ class _SLRNativeFakeQuant(torch.autograd.Function):
     log is a short series, checked against torch's log1p near every rounding tie and clip
     limit and replaced by it there; ``qmdd/quant/native/slr.h``). The exp is looked up in
     ``exp(|k s|)`` for the 2^b codes k, computed here with torch.exp on the codes'
-    products, as the Python form computes it per element. Kept: A and B (the Python form
-    keeps C too; here C = out - A x is recomputed from the input and output, which the
-    neighbouring layers keep anyway)."""
+    products, as the Python form computes it per element. Kept: ``x`` and v (the scaled
+    log), from which the backward finds A, B and C again (C = out - A x, as the Python
+    form keeps it), which costs less than writing A and B forward and reading them back."""
 
     @staticmethod
     def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool, kernels):  # type: ignore[override]
@@ -229,18 +229,19 @@ class _SLRNativeFakeQuant(torch.autograd.Function):
         if qmin < 0:
             growth = growth.abs()
         growth = growth.exp_()
-        with_rows = train and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2])
-        out, slope_x, b_row = kernels.slr_forward(x, growth, float(step), float(shift), qmin, qmax, train, with_rows)
+        grid = (float(step), float(shift), qmin, qmax)
+        out, scaled = kernels.slr_forward(x, growth, *grid, train)
         if train:
-            ctx.save_for_backward(x, out, slope_x, b_row, shift, grad_scale)
-            ctx.kernels = kernels
+            ctx.save_for_backward(x, scaled, growth, shift, grad_scale)
+            ctx.grid, ctx.kernels = grid, kernels
         return out
 
     @staticmethod
     @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
     def backward(ctx, grad_output):  # type: ignore[override]
-        x, out, slope_x, b_row, shift, grad_scale = ctx.saved_tensors
-        grad_x, sums = ctx.kernels.slr_backward(grad_output.contiguous(), x, out, slope_x, b_row)
+        x, scaled, growth, shift, grad_scale = ctx.saved_tensors
+        with_rows = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        grad_x, sums = ctx.kernels.slr_backward(grad_output.contiguous(), x, scaled, growth, *ctx.grid, with_rows)
         grad_step = grad_shift = None
         if sums is not None:
             sums = sums.to(shift.dtype) * grad_scale

@@ -14,7 +14,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("n2uq_backward", &n2uq_backward, "N2UQ GSTE backward: input gradient and the parameter gradients' sums");
   m.def("n2uq_weight_forward", &n2uq_weight_forward, "N2UQ weight forward, one scale per output channel");
   m.def("n2uq_weight_backward", &n2uq_weight_backward, "N2UQ weight backward: the clipped straight-through gradient");
-  m.def("slr_forward", &slr_forward, "SLR forward: output and, when training, the backward's factors A and B");
+  m.def("slr_forward", &slr_forward, "SLR forward: output and, when training, the scaled log v for the backward");
   m.def("series_log1p", &series_log1p_of, "The SLR kernels' log1p (t >= -1/2, finite), for tests");
   m.def("slr_backward", &slr_backward, "SLR backward: input gradient and the step and shift gradients' sums");
 }

@@ -1,6 +1,7 @@
 // SLR fake quantization (qmdd/quant/_slr.py): the fused Python form _SLRFakeQuant, whose
 // docstring defines v, c, k, m and the backward's factors A, B, C, in one pass forward
-// (writing the output, A and B) and one backward (C = out - A x).
+// (writing the output and v) and one backward (A, B and C = out - A x found again from x
+// and v).
 //
 // Exactness. The fused form takes torch's log1p; here the log is a short series (below)
 // within 2 ulp of it, and v = u / s decides the output only through its rounding and its
@@ -160,91 +161,91 @@ void with_slr_grid(const torch::Tensor& growth, double step, double shift, int64
   });
 }
 
-// What a forward writes besides the output: nothing (inference), A (only the input
-// needs a gradient), or A and B.
-enum class SLRSaves { kNothing, kSlope, kSlopeAndRow };
-
-// The output, and A and B as `saves` says, of n <= kFlush elements from their v.
-// Restrict parameters and one loop per kind of call: each vectorises.
+// The outputs of n <= kFlush elements from their v. Restrict parameters: it vectorises.
 template <bool kSigned, int64_t kLevels>
-inline void slr_finish_block(const float* __restrict__ in, const float* __restrict__ v, float* __restrict__ out, float* __restrict__ slope_x,
-                             float* __restrict__ b_row, int64_t n, SLRSaves saves, const SLRGrid<kLevels> grid) {
-  if (saves == SLRSaves::kNothing) {
-    for (int64_t i = 0; i < n; ++i) out[i] = slr_element<kSigned>(in[i], v[i], grid).q;
-  } else if (saves == SLRSaves::kSlope) {
-    for (int64_t i = 0; i < n; ++i) {
-      const SLRElement e = slr_element<kSigned>(in[i], v[i], grid);
-      out[i] = e.q;
-      slope_x[i] = e.slope_x;
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const SLRElement e = slr_element<kSigned>(in[i], v[i], grid);
-      out[i] = e.q;
-      slope_x[i] = e.slope_x;
-      b_row[i] = e.b_row;
-    }
-  }
+inline void slr_finish_block(const float* __restrict__ in, const float* __restrict__ v, float* __restrict__ out, int64_t n,
+                             const SLRGrid<kLevels> grid) {
+  for (int64_t i = 0; i < n; ++i) out[i] = slr_element<kSigned>(in[i], v[i], grid).q;
 }
 
-// Returns out and, when training, A (slope_x) and, when with_rows, B; None otherwise.
-// growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
-inline std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step,
-                                                                           double shift, int64_t qmin, int64_t qmax, bool train,
-                                                                           bool with_rows) {
+// Returns out and, when training, v (the scaled log, kept for the backward; undefined
+// otherwise). growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
+inline std::tuple<torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step, double shift,
+                                                            int64_t qmin, int64_t qmax, bool train) {
   check(x, "x");
   const int64_t n = x.numel();
   auto out = torch::empty_like(x);
-  auto slope_x = train ? torch::empty_like(x) : torch::Tensor();
-  auto b_row = train && with_rows ? torch::empty_like(x) : torch::Tensor();
-  const SLRSaves saves = b_row.defined() ? SLRSaves::kSlopeAndRow : (train ? SLRSaves::kSlope : SLRSaves::kNothing);
+  auto scaled = train ? torch::empty_like(x) : torch::Tensor();
   const float* in = x.data_ptr<float>();
   float* result = out.data_ptr<float>();
-  float* a = train ? slope_x.data_ptr<float>() : nullptr;
-  float* b = b_row.defined() ? b_row.data_ptr<float>() : nullptr;
+  float* kept = train ? scaled.data_ptr<float>() : nullptr;
   with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
     constexpr bool kSigned = decltype(is_signed)::value;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      float v[kFlush];
+      float block[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
         const int64_t count = std::min(end, start + kFlush) - start;
+        float* v = kept ? kept + start : block;
         slr_scaled_logs<kSigned>(in + start, v, count, grid);
-        slr_finish_block<kSigned>(in + start, v, result + start, a ? a + start : nullptr, b ? b + start : nullptr, count, saves, grid);
+        slr_finish_block<kSigned>(in + start, v, result + start, count, grid);
       }
     });
   });
-  return {out, slope_x, b_row};
+  return {out, scaled};
 }
 
-// grad_x = grad * A and, when b_row is given, the sums (sum grad * B, sum grad * C)
-// with C = out - A x (float64; None without b_row).
-inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
-                                                             const torch::Tensor& slope_x, const std::optional<torch::Tensor>& b_row) {
+// The backward of n <= kFlush elements: grad_x = grad * A and, when b_terms is given, the
+// terms grad * B and grad * C (C = out - A x) of the parameter sums, with A, B and the
+// output found again from x and v (cheaper than writing A and B forward and reading them
+// back: two tensors fewer through memory each way).
+template <bool kSigned, int64_t kLevels>
+inline void slr_backward_block(const float* __restrict__ g, const float* __restrict__ in, const float* __restrict__ v, float* __restrict__ gx,
+                               float* __restrict__ b_terms, float* __restrict__ c_terms, int64_t n, const SLRGrid<kLevels> grid) {
+  if (b_terms == nullptr) {
+    for (int64_t i = 0; i < n; ++i) gx[i] = g[i] * slr_element<kSigned>(in[i], v[i], grid).slope_x;
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const SLRElement e = slr_element<kSigned>(in[i], v[i], grid);
+    gx[i] = g[i] * e.slope_x;
+    b_terms[i] = g[i] * e.b_row;
+    c_terms[i] = g[i] * (e.q - e.slope_x * in[i]);
+  }
+}
+
+// grad_x and, when with_rows, the sums (sum grad * B, sum grad * C) (float64; undefined
+// without), from the forward's x and v and the same grid.
+inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& scaled,
+                                                             const torch::Tensor& growth, double step, double shift, int64_t qmin,
+                                                             int64_t qmax, bool with_rows) {
   check(x, "x");
   check_like(grad, x, "grad");
-  check_like(out, x, "out");
-  check_like(slope_x, x, "slope_x");
+  check_like(scaled, x, "scaled");
   const int64_t n = x.numel();
   auto grad_x = torch::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *q = out.data_ptr<float>(), *a = slope_x.data_ptr<float>();
+  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *v = scaled.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
-  if (!b_row.has_value()) {
-    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * a[i];
-    });
-    return {grad_x, torch::Tensor()};
-  }
-  check_like(*b_row, x, "b_row");
-  const float* b = b_row->data_ptr<float>();
-  auto sums = chunked_sums(n, 2, [=](int64_t begin, int64_t end, double* partial) {
-    for (int64_t start = begin; start < end; start += kFlush) {
-      const int64_t stop = std::min(end, start + kFlush);
-      partial[0] += lane_sum(start, stop, [=](int64_t i) {
-        gx[i] = g[i] * a[i];
-        return g[i] * b[i];
+  torch::Tensor sums;
+  with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
+    constexpr bool kSigned = decltype(is_signed)::value;
+    if (!with_rows) {
+      at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        for (int64_t start = begin; start < end; start += kFlush) {
+          const int64_t count = std::min(end, start + kFlush) - start;
+          slr_backward_block<kSigned>(g + start, in + start, v + start, gx + start, nullptr, nullptr, count, grid);
+        }
       });
-      partial[1] += lane_sum(start, stop, [=](int64_t i) { return g[i] * (q[i] - a[i] * in[i]); });
+      return;
     }
+    sums = chunked_sums(n, 2, [&](int64_t begin, int64_t end, double* partial) {
+      float b_terms[kFlush], c_terms[kFlush];
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t count = std::min(end, start + kFlush) - start;
+        slr_backward_block<kSigned>(g + start, in + start, v + start, gx + start, b_terms, c_terms, count, grid);
+        partial[0] += lane_sum(0, count, [&](int64_t i) { return b_terms[i]; });
+        partial[1] += lane_sum(0, count, [&](int64_t i) { return c_terms[i]; });
+      }
+    });
   });
   return {grad_x, sums};
 }
