@@ -103,20 +103,20 @@ class _LSQNativeFakeQuant(torch.autograd.Function):
     """:class:`_LSQFakeQuant` in the C++ kernels of :mod:`qmdd.quant._native`, for one
     step per tensor (activations) or per output channel (weights): one pass forward
     (``out``), one backward (the input gradient and the step gradient's two sums per step,
-    the mask recomputed from ``x`` instead of stored)."""
+    the mask and the output found again from ``x`` instead of stored or read back)."""
 
     @staticmethod
     def forward(ctx, x, step, qmin: int, qmax: int, grad_scale, kernels):  # type: ignore[override]
         out = kernels.lsq_forward(x, step, qmin, qmax)
-        ctx.save_for_backward(x, out, step, grad_scale)
+        ctx.save_for_backward(x, step, grad_scale)
         ctx.qmin, ctx.qmax, ctx.kernels = qmin, qmax, kernels
         return out
 
     @staticmethod
     @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
     def backward(ctx, grad_output):  # type: ignore[override]
-        x, out, step, grad_scale = ctx.saved_tensors
-        grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, out, step, ctx.qmin, ctx.qmax)
+        x, step, grad_scale = ctx.saved_tensors
+        grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, step, ctx.qmin, ctx.qmax)
         grad_step = None
         if ctx.needs_input_grad[1]:
             grad_step = sums.to(step.dtype).view(step.shape).div_(step).mul_(grad_scale)

@@ -20,16 +20,17 @@ inline void lsq_forward_range(const float* __restrict__ in, float* __restrict__ 
 
 // grad_x = grad * [lo <= x / s <= hi] on [0, n), as the chain's product with a 0/1 mask
 // (a NaN or infinite gradient outside the range stays NaN); returns the step gradient's
-// sum(grad * out) - sum(grad_x * x).
-inline double lsq_backward_range(const float* __restrict__ g, const float* __restrict__ in, const float* __restrict__ q,
-                                 float* __restrict__ gx, int64_t n, float s, float lo, float hi) {
+// sum(grad * out) - sum(grad_x * x), with out found again from x as the forward computes
+// it (the same bits; cheaper than reading the output back from memory).
+inline double lsq_backward_range(const float* __restrict__ g, const float* __restrict__ in, float* __restrict__ gx, int64_t n, float s,
+                                 float lo, float hi) {
   double total = 0.0;
   for (int64_t start = 0; start < n; start += kFlush) {
     total += lane_sum(start, std::min(n, start + kFlush), [&](int64_t i) {
       const float v = in[i] / s;
       const float gi = g[i] * static_cast<float>((v >= lo) & (v <= hi));  // branch-free: vectorises
       gx[i] = gi;
-      return g[i] * q[i] - gi * in[i];
+      return g[i] * (std::nearbyint(clip(v, lo, hi)) * s) - gi * in[i];
     });
   }
   return total;
@@ -63,20 +64,19 @@ inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& st
 }
 
 // Returns grad_x and, per step, sum(grad * out) - sum(grad_x * x) (float64).
-inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& out,
-                                                             const torch::Tensor& step, int64_t qmin, int64_t qmax) {
+inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& step,
+                                                             int64_t qmin, int64_t qmax) {
   check(x, "x");
   check_like(grad, x, "grad");
-  check_like(out, x, "out");
   const auto steps = float_steps(x, step);
   const int64_t slices = steps.numel(), n = x.numel();
   auto grad_x = torch::empty_like(x);
-  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *q = out.data_ptr<float>(), *s = steps.data_ptr<float>();
+  const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *s = steps.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
   if (slices == 1) {
     auto sums = chunked_sums(n, 1, [&](int64_t begin, int64_t end, double* partial) {
-      partial[0] += lsq_backward_range(g + begin, in + begin, q + begin, gx + begin, end - begin, s[0], lo, hi);
+      partial[0] += lsq_backward_range(g + begin, in + begin, gx + begin, end - begin, s[0], lo, hi);
     });
     return {grad_x, sums};
   }
@@ -85,7 +85,7 @@ inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor
   const int64_t inner = n / slices;
   parallel_slices(slices, inner, [&](int64_t c) {
     const int64_t offset = c * inner;
-    total[c] = lsq_backward_range(g + offset, in + offset, q + offset, gx + offset, inner, s[c], lo, hi);
+    total[c] = lsq_backward_range(g + offset, in + offset, gx + offset, inner, s[c], lo, hi);
   });
   return {grad_x, sums};
 }
