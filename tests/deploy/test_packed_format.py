@@ -232,7 +232,9 @@ def test_version_1_files_still_load_exactly():
     assert {e["encoding"] for e in header["tensors"]} >= {"lsq_codes", "lsq_codes_sparse"}
     expected = torch.load(DATA / "mesonet_w2_format_v1_io.pt", weights_only=True)
     with torch.no_grad():
-        assert torch.equal(detector.model(expected["input"]), expected["output"])
+        # Same weights, so the same outputs up to the last bits, where conv kernels differ
+        # between CPUs (AVX2 here, AVX-512 there); a wrong code would move them far more.
+        assert torch.allclose(detector.model(expected["input"]), expected["output"], rtol=1e-5, atol=0)
     assert detector.threshold == pytest.approx(0.3)
 
 
