@@ -240,6 +240,14 @@ class Quantizer(nn.Module):
         return f"bits={self.bits}, calibrated={self.calibrated}"
 
 
+def clamp_deferred() -> bool:
+    """Whether a ReLU6 fused into the quantizer after it (:mod:`qmdd.quant._fuse`) runs
+    inside that quantizer: while autograd records, outside TorchScript tracing and
+    scripting. The two modules ask this same global question, so within one forward pass
+    they always agree."""
+    return torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+
+
 class ActivationQuantizer(Quantizer):
     """Base of per-tensor activation quantizers (LSQ, N2UQ, SLR).
 
@@ -254,7 +262,22 @@ class ActivationQuantizer(Quantizer):
         super().__init__(bits)
         self.register_buffer("signed", torch.tensor(False))
         self.signed_grid = False
+        #: c when a ReLU6 (hardtanh(x, 0, c)) in front was fused into this quantizer
+        #: (:func:`qmdd.quant.fuse_activation_clamps`); structural, not in the state dict.
+        self.input_ceiling: float | None = None
         self._reset_stats()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_ceiling is None or not clamp_deferred():
+            return super().forward(x)
+        if self.observing or not self.enabled or not self.calibrated or x.dtype in _HALF_DTYPES:
+            return super().forward(torch.nn.functional.hardtanh(x, 0.0, self.input_ceiling))
+        return self.quantize(x, ceiling=self.input_ceiling)
+
+    def quantize(self, x: torch.Tensor, ceiling: float | None = None) -> torch.Tensor:  # pragma: no cover - abstract
+        """Fake-quantize ``x``, after ``hardtanh(x, 0, ceiling)`` when a ceiling is given
+        (in the family's kernel where it has one)."""
+        raise NotImplementedError
 
     def _reset_stats(self) -> None:
         self._abs_sum = 0.0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -106,21 +107,21 @@ class _LSQNativeFakeQuant(torch.autograd.Function):
     the mask and the output found again from ``x`` instead of stored or read back)."""
 
     @staticmethod
-    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale, kernels):  # type: ignore[override]
-        out = kernels.lsq_forward(x, step, qmin, qmax)
+    def forward(ctx, x, step, qmin: int, qmax: int, grad_scale, kernels, ceiling: float = 0.0):  # type: ignore[override]
+        out = kernels.lsq_forward(x, step, qmin, qmax, ceiling)
         ctx.save_for_backward(x, step, grad_scale)
-        ctx.qmin, ctx.qmax, ctx.kernels = qmin, qmax, kernels
+        ctx.qmin, ctx.qmax, ctx.kernels, ctx.ceiling = qmin, qmax, kernels, ceiling
         return out
 
     @staticmethod
     @once_differentiable  # the C++ backward is not itself differentiable: say so, not drop terms
     def backward(ctx, grad_output):  # type: ignore[override]
         x, step, grad_scale = ctx.saved_tensors
-        grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, step, ctx.qmin, ctx.qmax)
+        grad_x, sums = ctx.kernels.lsq_backward(grad_output.contiguous(), x, step, ctx.qmin, ctx.qmax, ctx.ceiling)
         grad_step = None
         if ctx.needs_input_grad[1]:
             grad_step = sums.to(step.dtype).view(step.shape).div_(step).mul_(grad_scale)
-        return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None, None
+        return (grad_x if ctx.needs_input_grad[0] else None), grad_step, None, None, None, None, None
 
 
 def _channel_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ def _channel_dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def lsq_fake_quant(
-    x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: torch.Tensor
+    x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: torch.Tensor, ceiling: float | None = None
 ) -> torch.Tensor:
     """LSQ quantize-dequantize of ``x`` with a step broadcastable to ``x``.
 
@@ -138,13 +139,16 @@ def lsq_fake_quant(
     state dict and a resumed run trains exactly as an uninterrupted one. One step per
     tensor or per slice of dim 0 on a float32 CPU tensor runs in the native kernels
     (:mod:`qmdd.quant._native`) when they are built, anything else in
-    :class:`_LSQFakeQuant`: the same values.
+    :class:`_LSQFakeQuant`: the same values. ``ceiling``: ``hardtanh(x, 0, ceiling)``
+    first (a fused ReLU6, :mod:`qmdd.quant._fuse`), inside the kernel when it runs.
     """
     step = step.clamp_min(_MIN_STEP)
-    if native_applies(x) and step.dtype == torch.float32 and _one_step_per_tensor_or_slice(x, step):
+    if native_applies(x) and step.dtype == torch.float32 and _one_step_per_tensor_or_slice(x, step) and (ceiling is None or step.dim() == 0):
         kernels = native_kernels()
         if kernels is not None:
-            return _LSQNativeFakeQuant.apply(x, step, qmin, qmax, grad_scale, kernels)
+            return _LSQNativeFakeQuant.apply(x, step, qmin, qmax, grad_scale, kernels, ceiling or 0.0)
+    if ceiling is not None:
+        x = F.hardtanh(x, 0.0, ceiling)
     return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale)
 
 
@@ -229,8 +233,8 @@ class LSQActivationQuantizer(ActivationQuantizer):
         self.grad_scale.fill_(_grad_scale(self.features_per_sample, self.qmax))
         self._end_observing()
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.grad_scale)
+    def quantize(self, x: torch.Tensor, ceiling: float | None = None) -> torch.Tensor:
+        return lsq_fake_quant(x, self.step, self.qmin, self.qmax, self.grad_scale, ceiling)
 
     def uniform_grid(self) -> UniformGrid:
         return UniformGrid(float(self.step.detach().clamp_min(_MIN_STEP)), self.qmin, self.qmax)

@@ -270,13 +270,13 @@ class _N2UQNativeFakeQuant(torch.autograd.Function):
     sums in the same pass. Kept: ``x`` only (the Python form keeps two rows per element)."""
 
     @staticmethod
-    def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool, kernels):  # type: ignore[override]
+    def forward(ctx, x, start, widths, scale, qmin: int, grad_scale, train: bool, kernels, ceiling: float = 0.0):  # type: ignore[override]
         thresholds, bounds, interval_widths, step = _n2uq_grid(start, widths, scale)
         bounds = bounds.to(x.dtype)
-        out = kernels.n2uq_forward(x, bounds, float(step), qmin)
+        out = kernels.n2uq_forward(x, bounds, float(step), qmin, ceiling)
         if train:
             ctx.save_for_backward(x, bounds, thresholds, interval_widths, step, grad_scale)
-            ctx.levels, ctx.qmin, ctx.kernels = widths.numel() + 1, qmin, kernels
+            ctx.levels, ctx.qmin, ctx.kernels, ctx.ceiling = widths.numel() + 1, qmin, kernels, ceiling
         return out
 
     @staticmethod
@@ -287,7 +287,7 @@ class _N2UQNativeFakeQuant(torch.autograd.Function):
         origins, spans = _ramp_parameters(thresholds.to(x.dtype), interval_widths.to(x.dtype))
         with_sums = any(ctx.needs_input_grad[1:4])
         grad_x, sums = ctx.kernels.n2uq_backward(
-            grad_output.contiguous(), x, bounds, slopes, origins, spans, ctx.qmin, with_sums, ctx.needs_input_grad[2]
+            grad_output.contiguous(), x, bounds, slopes, origins, spans, ctx.qmin, with_sums, ctx.needs_input_grad[2], ctx.ceiling
         )
         grad_start = grad_widths = grad_scale_param = None
         if with_sums:
@@ -299,7 +299,7 @@ class _N2UQNativeFakeQuant(torch.autograd.Function):
                 grad_widths = -per_ramp[:-1]
                 grad_widths[-1] -= per_ramp[-1]  # the extra interval above T_n reuses the last width
         grad_x = grad_x if ctx.needs_input_grad[0] else None
-        return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None, None
+        return grad_x, grad_start, grad_widths, grad_scale_param, None, None, None, None, None
 
 
 def _n2uq_grid(start: torch.Tensor, widths: torch.Tensor, scale: torch.Tensor):
@@ -342,6 +342,7 @@ def n2uq_fake_quant(
     qmin: int,
     grad_scale: torch.Tensor,
     surrogate: bool = False,
+    ceiling: float | None = None,
 ) -> torch.Tensor:
     """N2UQ activation quantization (module docstring) with its GSTE backward.
 
@@ -350,15 +351,23 @@ def n2uq_fake_quant(
     a float32 CPU tensor when it is built, else as the fused :class:`_N2UQFakeQuant`: the
     same values. 8-bit grids (255 thresholds: the fused form's masks would take 256 floats
     per element) and ``surrogate=True`` (finite-difference checks only) run
-    :func:`n2uq_fake_quant_reference`.
+    :func:`n2uq_fake_quant_reference`. ``ceiling``: ``hardtanh(x, 0, ceiling)`` first (a
+    fused ReLU6, :mod:`qmdd.quant._fuse`), inside the kernel when it runs.
     """
+    native = (
+        not surrogate
+        and native_applies(x)
+        and widths.numel() + 1 in _NATIVE_THRESHOLDS
+        and all(t.dtype == torch.float32 for t in (start, widths, scale))
+    )
+    kernels = native_kernels() if native else None
+    if kernels is None and ceiling is not None:
+        x = F.hardtanh(x, 0.0, ceiling)
     if surrogate or widths.numel() + 1 > _FUSED_MAX_LEVELS:
         return n2uq_fake_quant_reference(x, start, widths, scale, qmin, grad_scale, surrogate)
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, start, widths, scale))
-    if native_applies(x) and widths.numel() + 1 in _NATIVE_THRESHOLDS and all(t.dtype == torch.float32 for t in (start, widths, scale)):
-        kernels = native_kernels()
-        if kernels is not None:
-            return _N2UQNativeFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train, kernels)
+    if kernels is not None:
+        return _N2UQNativeFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train, kernels, ceiling or 0.0)
     return _N2UQFakeQuant.apply(x, start, widths, scale, qmin, grad_scale, train)
 
 
@@ -439,8 +448,8 @@ class N2UQActivationQuantizer(ActivationQuantizer):
         """The current n thresholds T_1 < ... < T_n, in input units."""
         return n2uq_thresholds(self.start(), self.widths())
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return n2uq_fake_quant(x, self.start(), self.widths(), self.output_scale, self.qmin, self.grad_scale)
+    def quantize(self, x: torch.Tensor, ceiling: float | None = None) -> torch.Tensor:
+        return n2uq_fake_quant(x, self.start(), self.widths(), self.output_scale, self.qmin, self.grad_scale, ceiling=ceiling)
 
     def level_table(self) -> LevelTable:
         """The learned thresholds and the uniform output levels ``Delta * (code + qmin)``,

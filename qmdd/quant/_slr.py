@@ -224,16 +224,16 @@ class _SLRNativeFakeQuant(torch.autograd.Function):
     form keeps it), which costs less than writing A and B forward and reading them back."""
 
     @staticmethod
-    def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool, kernels):  # type: ignore[override]
+    def forward(ctx, x, step, shift, qmin: int, qmax: int, grad_scale, train: bool, kernels, ceiling: float = 0.0):  # type: ignore[override]
         growth = torch.arange(qmin, qmax + 1, dtype=x.dtype) * step  # q = k s, as the Python form
         if qmin < 0:
             growth = growth.abs()
         growth = growth.exp_()
         grid = (float(step), float(shift), qmin, qmax)
-        out, scaled = kernels.slr_forward(x, growth, *grid, train)
+        out, scaled = kernels.slr_forward(x, growth, *grid, train, ceiling)
         if train:
             ctx.save_for_backward(x, scaled, growth, shift, grad_scale)
-            ctx.grid, ctx.kernels = grid, kernels
+            ctx.grid, ctx.kernels, ctx.ceiling = grid, kernels, ceiling
         return out
 
     @staticmethod
@@ -241,12 +241,12 @@ class _SLRNativeFakeQuant(torch.autograd.Function):
     def backward(ctx, grad_output):  # type: ignore[override]
         x, scaled, growth, shift, grad_scale = ctx.saved_tensors
         with_rows = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
-        grad_x, sums = ctx.kernels.slr_backward(grad_output.contiguous(), x, scaled, growth, *ctx.grid, with_rows)
+        grad_x, sums = ctx.kernels.slr_backward(grad_output.contiguous(), x, scaled, growth, *ctx.grid, with_rows, ctx.ceiling)
         grad_step = grad_shift = None
         if sums is not None:
             sums = sums.to(shift.dtype) * grad_scale
             grad_step, grad_shift = sums[0], sums[1] / shift
-        return grad_x if ctx.needs_input_grad[0] else None, grad_step, grad_shift, None, None, None, None, None
+        return grad_x if ctx.needs_input_grad[0] else None, grad_step, grad_shift, None, None, None, None, None, None
 
 
 def slr_fake_quant(
@@ -257,26 +257,32 @@ def slr_fake_quant(
     qmax: int,
     grad_scale: torch.Tensor,
     surrogate: bool = False,
+    ceiling: float | None = None,
 ) -> torch.Tensor:
     """SLR quantize-dequantize of ``x`` (module docstring); ``step`` and ``shift`` > 0.
 
     Runs the native kernel (:class:`_SLRNativeFakeQuant`) on a float32 CPU tensor at 2 to 4
     bits when it is built, else the fused :class:`_SLRFakeQuant`: the same values. ``surrogate=True``
-    (finite-difference checks only) runs :func:`slr_fake_quant_reference`.
+    (finite-difference checks only) runs :func:`slr_fake_quant_reference`. ``ceiling``:
+    ``hardtanh(x, 0, ceiling)`` first (a fused ReLU6, :mod:`qmdd.quant._fuse`), inside the
+    kernel when it runs.
     """
+    native = (
+        not surrogate
+        and native_applies(x)
+        and qmax - qmin + 1 in _NATIVE_LEVELS
+        and step.dtype == shift.dtype == torch.float32
+        and step.dim() == shift.dim() == 0
+    )
+    kernels = native_kernels() if native else None
+    if kernels is None and ceiling is not None:
+        x = torch.nn.functional.hardtanh(x, 0.0, ceiling)
     if surrogate:
         return slr_fake_quant_reference(x, step, shift, qmin, qmax, grad_scale, True)
     train = torch.is_grad_enabled() and any(t.requires_grad for t in (x, step, shift))
     step = step.clamp_min(_MIN_STEP)
-    if (
-        native_applies(x)
-        and qmax - qmin + 1 in _NATIVE_LEVELS
-        and step.dtype == shift.dtype == torch.float32
-        and step.dim() == shift.dim() == 0
-    ):
-        kernels = native_kernels()
-        if kernels is not None:
-            return _SLRNativeFakeQuant.apply(x, step, shift, qmin, qmax, grad_scale, train, kernels)
+    if kernels is not None:
+        return _SLRNativeFakeQuant.apply(x, step, shift, qmin, qmax, grad_scale, train, kernels, ceiling or 0.0)
     return _SLRFakeQuant.apply(x, step, shift, qmin, qmax, grad_scale, train)
 
 
@@ -342,8 +348,8 @@ class SLRActivationQuantizer(ActivationQuantizer):
         """The current output levels, ascending (float64)."""
         return slr_levels(float(self.step.detach().clamp_min(_MIN_STEP)), float(self.shift.detach()), self.qmin, self.qmax)
 
-    def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return slr_fake_quant(x, self.step, self.shift, self.qmin, self.qmax, self.grad_scale)
+    def quantize(self, x: torch.Tensor, ceiling: float | None = None) -> torch.Tensor:
+        return slr_fake_quant(x, self.step, self.shift, self.qmin, self.qmax, self.grad_scale, ceiling=ceiling)
 
     def level_table(self) -> LevelTable:
         """Log-spaced levels (:func:`slr_levels`) and the inputs where the code changes

@@ -12,6 +12,7 @@ from torch import nn
 from qmdd.config import FULL_PRECISION, QuantConfig
 from qmdd.quant._base import SUPPORTED_BITS, Quantizer
 from qmdd.quant._cqb import BLOCKS, connect_blocks
+from qmdd.quant._fuse import fuse_activation_clamps
 from qmdd.quant._layers import QUANTIZED_LAYERS, QConv2d, QLinear
 from qmdd.quant._registry import get_quantizer
 
@@ -79,7 +80,10 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
        (:func:`connect_blocks`; their shortcut convs stay full precision);
     2. every conv/linear layer whose plan (:func:`plan_precision`) is below 32 bits is
        swapped for its fake-quantized twin, with the quantizers of ``config.quantizer``
-       built with that family's options (``n2uq_threshold_lr_scale``, ``slr_shift_init``).
+       built with that family's options (``n2uq_threshold_lr_scale``, ``slr_shift_init``);
+    3. a ReLU6 whose output feeds only a quantized layer (MobileNetV2's expand and
+       depthwise blocks) moves into that layer's activation quantizer while training
+       (:func:`fuse_activation_clamps`: the same values, two passes fewer each way).
 
     The swapped layers share the float Parameters, so an optimizer, a checkpoint or a mask
     keyed on parameter names keeps working. Call :func:`calibrate` afterwards, before
@@ -106,6 +110,7 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
         if input_q is not None:
             input_q.to(float_layer.weight.device)
         _set_submodule(model, layer.name, quantized)
+    fuse_activation_clamps(model)
     return model
 
 

@@ -34,6 +34,33 @@ inline void check_like(const torch::Tensor& t, const torch::Tensor& x, const cha
 // at lo = 0 (a branch-free select: the element loops vectorise).
 inline float clip(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
+// An optional hardtanh(x, 0, ceiling) in front of an activation quantizer: a ReLU6 whose
+// output feeds only that quantizer, run inside its kernel instead of as two passes of its
+// own each way (qmdd/quant/_fuse.py). Forward as torch's clamp (a NaN passes through);
+// backward as torch's vectorised hardtanh_backward on the clamped value y: the gradient
+// where 0 < y < ceiling, else 0 (NaN y included: torch's scalar tail loop would pass it,
+// its vector loop, which takes all but the last few elements, zeroes it). ceiling <= 0: none.
+struct InputClamp {
+  bool on;
+  float ceiling;
+
+  // The block's inputs, clamped into buffer when on (n <= kFlush), else in itself.
+  const float* apply(const float* __restrict__ in, float* __restrict__ buffer, int64_t n) const {
+    if (!on) return in;
+    const float top = ceiling;
+    for (int64_t i = 0; i < n; ++i) buffer[i] = in[i] < 0.0f ? 0.0f : (in[i] > top ? top : in[i]);
+    return buffer;
+  }
+  // grad_x of the block through the clamp, given its clamped inputs.
+  void mask(const float* __restrict__ clamped, float* __restrict__ gx, int64_t n) const {
+    if (!on) return;
+    const float top = ceiling;
+    for (int64_t i = 0; i < n; ++i) gx[i] = (clamped[i] > 0.0f && clamped[i] < top) ? gx[i] : 0.0f;
+  }
+};
+
+inline InputClamp input_clamp(double ceiling) { return {ceiling > 0.0, static_cast<float>(ceiling)}; }
+
 // body(c) for each of `slices` slices of dim 0 of `inner` elements each (per-channel
 // weights), in parallel tasks of about kGrain elements.
 template <typename Body>

@@ -22,16 +22,24 @@ inline void lsq_forward_range(const float* __restrict__ in, float* __restrict__ 
 // (a NaN or infinite gradient outside the range stays NaN); returns the step gradient's
 // sum(grad * out) - sum(grad_x * x), with out found again from x as the forward computes
 // it (the same bits; cheaper than reading the output back from memory).
-inline double lsq_backward_range(const float* __restrict__ g, const float* __restrict__ in, float* __restrict__ gx, int64_t n, float s,
-                                 float lo, float hi) {
+// With a clamp (activations only) the sums take the clamped input, and grad_x then goes
+// through the clamp's mask.
+inline double lsq_backward_range(const float* __restrict__ g, const float* __restrict__ x, float* __restrict__ gx, int64_t n, float s,
+                                 float lo, float hi, InputClamp clamp = {false, 0.0f}) {
   double total = 0.0;
+  float buffer[kFlush];
   for (int64_t start = 0; start < n; start += kFlush) {
-    total += lane_sum(start, std::min(n, start + kFlush), [&](int64_t i) {
+    const int64_t count = std::min(n, start + kFlush) - start;
+    const float* __restrict__ in = clamp.apply(x + start, buffer, count);
+    const float* __restrict__ gb = g + start;
+    float* __restrict__ gxb = gx + start;
+    total += lane_sum(0, count, [&](int64_t i) {
       const float v = in[i] / s;
-      const float gi = g[i] * static_cast<float>((v >= lo) & (v <= hi));  // branch-free: vectorises
-      gx[i] = gi;
-      return g[i] * (std::nearbyint(clip(v, lo, hi)) * s) - gi * in[i];
+      const float gi = gb[i] * static_cast<float>((v >= lo) & (v <= hi));  // branch-free: vectorises
+      gxb[i] = gi;
+      return gb[i] * (std::nearbyint(clip(v, lo, hi)) * s) - gi * in[i];
     });
+    clamp.mask(in, gxb, count);
   }
   return total;
 }
@@ -43,8 +51,9 @@ inline torch::Tensor float_steps(const torch::Tensor& x, const torch::Tensor& st
   return steps;
 }
 
-// x: any shape; step: 1 element (per tensor) or x.size(0) elements (per slice of dim 0).
-inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& step, int64_t qmin, int64_t qmax) {
+// x: any shape; step: 1 element (per tensor) or x.size(0) elements (per slice of dim 0);
+// ceiling > 0: an InputClamp in front (one step per tensor only).
+inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& step, int64_t qmin, int64_t qmax, double ceiling) {
   check(x, "x");
   const auto steps = float_steps(x, step);
   const int64_t slices = steps.numel(), n = x.numel();
@@ -52,9 +61,15 @@ inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& st
   const float *in = x.data_ptr<float>(), *s = steps.data_ptr<float>();
   float* result = out.data_ptr<float>();
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  const InputClamp clamp = input_clamp(ceiling);
+  TORCH_CHECK(!clamp.on || slices == 1, "qmdd native LSQ: an input clamp needs one step per tensor");
   if (slices == 1) {
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      lsq_forward_range(in + begin, result + begin, end - begin, s[0], lo, hi);
+      float buffer[kFlush];
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t count = std::min(end, start + kFlush) - start;
+        lsq_forward_range(clamp.apply(in + start, buffer, count), result + start, count, s[0], lo, hi);
+      }
     });
   } else {
     const int64_t inner = n / slices;
@@ -65,7 +80,7 @@ inline torch::Tensor lsq_forward(const torch::Tensor& x, const torch::Tensor& st
 
 // Returns grad_x and, per step, sum(grad * out) - sum(grad_x * x) (float64).
 inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& step,
-                                                             int64_t qmin, int64_t qmax) {
+                                                             int64_t qmin, int64_t qmax, double ceiling) {
   check(x, "x");
   check_like(grad, x, "grad");
   const auto steps = float_steps(x, step);
@@ -74,9 +89,11 @@ inline std::tuple<torch::Tensor, torch::Tensor> lsq_backward(const torch::Tensor
   const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *s = steps.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
   const float lo = static_cast<float>(qmin), hi = static_cast<float>(qmax);
+  const InputClamp clamp = input_clamp(ceiling);
+  TORCH_CHECK(!clamp.on || slices == 1, "qmdd native LSQ: an input clamp needs one step per tensor");
   if (slices == 1) {
     auto sums = chunked_sums(n, 1, [&](int64_t begin, int64_t end, double* partial) {
-      partial[0] += lsq_backward_range(g + begin, in + begin, gx + begin, end - begin, s[0], lo, hi);
+      partial[0] += lsq_backward_range(g + begin, in + begin, gx + begin, end - begin, s[0], lo, hi, clamp);
     });
     return {grad_x, sums};
   }

@@ -64,17 +64,24 @@ inline void check_values(const torch::Tensor& t, int64_t count, const char* name
   TORCH_CHECK(t.numel() == count, "qmdd native N2UQ: ", name, " must hold ", count, " values");
 }
 
-// out = (code + qmin) * step.
-inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& bounds, double step, int64_t qmin) {
+// out = (code + qmin) * step; ceiling > 0: an InputClamp in front.
+inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& bounds, double step, int64_t qmin, double ceiling) {
   check(x, "x");
   check(bounds, "bounds");
   auto out = torch::empty_like(x);
   const float* in = x.data_ptr<float>();
   float* result = out.data_ptr<float>();
   const float s = static_cast<float>(step), offset = static_cast<float>(qmin);
+  const InputClamp clamp = input_clamp(ceiling);
   with_n2uq_grid(bounds, torch::Tensor(), [&](const auto grid) {
     at::parallel_for(0, x.numel(), kGrain, [=](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) result[i] = (grid.code(in[i]) + offset) * s;
+      float buffer[kFlush];
+      for (int64_t start = begin; start < end; start += kFlush) {
+        const int64_t count = std::min(end, start + kFlush) - start;
+        const float* __restrict__ block = clamp.apply(in + start, buffer, count);
+        float* __restrict__ out_block = result + start;
+        for (int64_t i = 0; i < count; ++i) out_block[i] = (grid.code(block[i]) + offset) * s;
+      }
     });
     return 0;
   });
@@ -83,10 +90,13 @@ inline torch::Tensor n2uq_forward(const torch::Tensor& x, const torch::Tensor& b
 
 // grad_x = grad * slope(x) and, when with_sums, the float64 sums: sum grad_x,
 // sum grad * (code + qmin), then (when with_ramps) for each of the n ramps
-// r_j(x) = clip((x - origin_j) / span_j, 0, 1), sum grad_x * r_j.
+// r_j(x) = clip((x - origin_j) / span_j, 0, 1), sum grad_x * r_j. ceiling > 0: an
+// InputClamp in front (the sums take the clamped x and the quantizer's grad_x; the
+// returned grad_x then goes through the clamp's mask).
 inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& bounds,
                                                               const torch::Tensor& slopes, const torch::Tensor& origins,
-                                                              const torch::Tensor& spans, int64_t qmin, bool with_sums, bool with_ramps) {
+                                                              const torch::Tensor& spans, int64_t qmin, bool with_sums, bool with_ramps,
+                                                              double ceiling) {
   check(x, "x");
   check_like(grad, x, "grad");
   check(bounds, "bounds");
@@ -100,10 +110,19 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
   const float *origin = origins.data_ptr<float>(), *span = spans.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
   const float offset = static_cast<float>(qmin);
+  const InputClamp clamp = input_clamp(ceiling);
   return with_n2uq_grid(bounds, slopes, [&](const auto grid) -> std::tuple<torch::Tensor, torch::Tensor> {
     if (!with_sums) {
       at::parallel_for(0, n, kGrain, [=](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) gx[i] = g[i] * grid.slope_at(in[i]);
+        float buffer[kFlush];
+        for (int64_t start = begin; start < end; start += kFlush) {
+          const int64_t count = std::min(end, start + kFlush) - start;
+          const float* __restrict__ block = clamp.apply(in + start, buffer, count);
+          const float* __restrict__ g_block = g + start;
+          float* __restrict__ gx_block = gx + start;
+          for (int64_t i = 0; i < count; ++i) gx_block[i] = g_block[i] * grid.slope_at(block[i]);
+          clamp.mask(block, gx_block, count);
+        }
       });
       return {grad_x, torch::Tensor()};
     }
@@ -112,20 +131,23 @@ inline std::tuple<torch::Tensor, torch::Tensor> n2uq_backward(const torch::Tenso
       // Per sub-chunk, first the per-element values (the grid's unrolled comparisons),
       // then each sum as a plain loop over them in L1: a loop with both does not
       // vectorise.
-      float level_terms[kFlush];
+      float level_terms[kFlush], buffer[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
-        const int64_t stop = std::min(end, start + kFlush);
-        grid.gradient_terms(g + start, in + start, gx + start, level_terms, stop - start, offset);
-        partial[0] += lane_sum(start, stop, [=](int64_t i) { return gx[i]; });
-        partial[1] += lane_sum(0, stop - start, [&](int64_t i) { return level_terms[i]; });
+        const int64_t count = std::min(end, start + kFlush) - start;
+        const float* block = clamp.apply(in + start, buffer, count);
+        float* gx_block = gx + start;
+        grid.gradient_terms(g + start, block, gx_block, level_terms, count, offset);
+        partial[0] += lane_sum(0, count, [=](int64_t i) { return gx_block[i]; });
+        partial[1] += lane_sum(0, count, [&](int64_t i) { return level_terms[i]; });
         for (int64_t j = 0; with_ramps && j < n_thresholds; ++j) {
           // times 1 / span where the fused form divides: a parameter sum's terms only,
           // so within rounding, and a multiply costs a fraction of a vector division.
           const float o = origin[j], inverse_span = 1.0f / span[j];
-          partial[2 + j] += lane_sum(start, stop, [=](int64_t i) {
-            return gx[i] * clip((in[i] - o) * inverse_span, 0.0f, 1.0f);
+          partial[2 + j] += lane_sum(0, count, [=](int64_t i) {
+            return gx_block[i] * clip((block[i] - o) * inverse_span, 0.0f, 1.0f);
           });
         }
+        clamp.mask(block, gx_block, count);
       }
     });
     return {grad_x, sums};

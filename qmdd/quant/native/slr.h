@@ -169,9 +169,10 @@ inline void slr_finish_block(const float* __restrict__ in, const float* __restri
 }
 
 // Returns out and, when training, v (the scaled log, kept for the backward; undefined
-// otherwise). growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits).
+// otherwise). growth: exp(|k step|) for k = qmin .. qmax (2, 3 or 4 bits). ceiling > 0:
+// an InputClamp in front.
 inline std::tuple<torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor& x, const torch::Tensor& growth, double step, double shift,
-                                                            int64_t qmin, int64_t qmax, bool train) {
+                                                            int64_t qmin, int64_t qmax, bool train, double ceiling) {
   check(x, "x");
   const int64_t n = x.numel();
   auto out = torch::empty_like(x);
@@ -179,15 +180,17 @@ inline std::tuple<torch::Tensor, torch::Tensor> slr_forward(const torch::Tensor&
   const float* in = x.data_ptr<float>();
   float* result = out.data_ptr<float>();
   float* kept = train ? scaled.data_ptr<float>() : nullptr;
+  const InputClamp clamp = input_clamp(ceiling);
   with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
     constexpr bool kSigned = decltype(is_signed)::value;
     at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-      float block[kFlush];
+      float block[kFlush], buffer[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
         const int64_t count = std::min(end, start + kFlush) - start;
+        const float* x_block = clamp.apply(in + start, buffer, count);
         float* v = kept ? kept + start : block;
-        slr_scaled_logs<kSigned>(in + start, v, count, grid);
-        slr_finish_block<kSigned>(in + start, v, result + start, count, grid);
+        slr_scaled_logs<kSigned>(x_block, v, count, grid);
+        slr_finish_block<kSigned>(x_block, v, result + start, count, grid);
       }
     });
   });
@@ -214,10 +217,10 @@ inline void slr_backward_block(const float* __restrict__ g, const float* __restr
 }
 
 // grad_x and, when with_rows, the sums (sum grad * B, sum grad * C) (float64; undefined
-// without), from the forward's x and v and the same grid.
+// without), from the forward's x and v and the same grid and ceiling.
 inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor& grad, const torch::Tensor& x, const torch::Tensor& scaled,
                                                              const torch::Tensor& growth, double step, double shift, int64_t qmin,
-                                                             int64_t qmax, bool with_rows) {
+                                                             int64_t qmax, bool with_rows, double ceiling) {
   check(x, "x");
   check_like(grad, x, "grad");
   check_like(scaled, x, "scaled");
@@ -226,22 +229,28 @@ inline std::tuple<torch::Tensor, torch::Tensor> slr_backward(const torch::Tensor
   const float *g = grad.data_ptr<float>(), *in = x.data_ptr<float>(), *v = scaled.data_ptr<float>();
   float* gx = grad_x.data_ptr<float>();
   torch::Tensor sums;
+  const InputClamp clamp = input_clamp(ceiling);
   with_slr_grid(growth, step, shift, qmin, qmax, [&](auto is_signed, const auto grid) {
     constexpr bool kSigned = decltype(is_signed)::value;
     if (!with_rows) {
       at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+        float buffer[kFlush];
         for (int64_t start = begin; start < end; start += kFlush) {
           const int64_t count = std::min(end, start + kFlush) - start;
-          slr_backward_block<kSigned>(g + start, in + start, v + start, gx + start, nullptr, nullptr, count, grid);
+          const float* x_block = clamp.apply(in + start, buffer, count);
+          slr_backward_block<kSigned>(g + start, x_block, v + start, gx + start, nullptr, nullptr, count, grid);
+          clamp.mask(x_block, gx + start, count);
         }
       });
       return;
     }
     sums = chunked_sums(n, 2, [&](int64_t begin, int64_t end, double* partial) {
-      float b_terms[kFlush], c_terms[kFlush];
+      float b_terms[kFlush], c_terms[kFlush], buffer[kFlush];
       for (int64_t start = begin; start < end; start += kFlush) {
         const int64_t count = std::min(end, start + kFlush) - start;
-        slr_backward_block<kSigned>(g + start, in + start, v + start, gx + start, b_terms, c_terms, count, grid);
+        const float* x_block = clamp.apply(in + start, buffer, count);
+        slr_backward_block<kSigned>(g + start, x_block, v + start, gx + start, b_terms, c_terms, count, grid);
+        clamp.mask(x_block, gx + start, count);
         partial[0] += lane_sum(0, count, [&](int64_t i) { return b_terms[i]; });
         partial[1] += lane_sum(0, count, [&](int64_t i) { return c_terms[i]; });
       }
