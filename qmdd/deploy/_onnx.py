@@ -6,10 +6,11 @@ quantizers' grids as activation scales) is written in the operator set's QDQ for
 ``QuantizeLinear -> DequantizeLinear`` pair around the float operator that consumes it,
 and every low-bit weight is an int8 initializer behind a per-channel ``DequantizeLinear``.
 ONNX Runtime's graph optimizer fuses ``DequantizeLinear -> Conv -> QuantizeLinear`` into
-an integer convolution (``QLinearConv``); the input filter and the full-precision first
+an integer convolution (``QLinearConv``; :func:`_quantize_before_relu` rewrites the
+ReLUs that would keep a conv in float); the input filter and the full-precision first
 conv and classifier stay float operators, as in the int8 model. Non-uniform input grids
-(:class:`~qmdd.deploy.LevelInput`) become one comparison per threshold and a ``Gather``
-of the levels.
+(:class:`~qmdd.deploy.LevelInput`) become one comparison and one ``Where`` per
+threshold.
 
 Weights are stored as INT8 by default: the integer type of ``DequantizeLinear`` that ONNX
 Runtime's CPU provider fuses into integer convolutions. ``weights="int4"`` stores the 2-
@@ -19,9 +20,10 @@ carries the run config and the decision threshold as metadata (``qmdd.config``,
 ``qmdd.threshold``), so one file is a whole detector.
 
 ``activations="float"`` writes the other form: the fake-quant model itself in float
-operators (the input quantizers as comparisons and a ``Gather`` of their exact levels,
-LSQ's as ``Round``), only the low-bit weights integer (int8 codes behind a per-channel
-``DequantizeLinear``, which ONNX Runtime folds into float weights when it opens the file).
+operators (the input quantizers as a comparison and a ``Where`` per threshold selecting
+their exact levels, LSQ's as ``Round``), only the low-bit weights integer (int8 codes
+behind a per-channel ``DequantizeLinear``, which ONNX Runtime folds into float weights
+when it opens the file).
 Its outputs are the fake-quant model's up to float rounding, for every family, at the
 speed of a float model: the form for SLR, whose log-spaced levels the integer graph can
 only approximate (docs/deployment.md).
@@ -266,6 +268,58 @@ def _drop_redundant_casts(graph) -> int:
     return len(renamed)
 
 
+def _quantize_before_relu(onnx, graph) -> int:
+    """Rewrite ``Conv -> Relu -> QuantizeLinear`` as ``Conv -> QuantizeLinear ->
+    DequantizeLinear -> LeakyRelu(0) -> QuantizeLinear``, where the quantize's zero point is
+    above 0. Returns how many were rewritten.
+
+    The int8 model writes a conv whose ReLU feeds one LSQ input at zero point 255 - Qp
+    (section "Fast CPU inference" of docs/deployment.md): uint8 saturation is the clip at
+    Qp, and the ReLU is the code floor at the zero point. ONNX Runtime fuses a ``Relu``
+    into an integer convolution only when the zero point makes it redundant (0), so these
+    convolutions ran in float (4 of 9 on the default detector). Quantized first, the conv
+    fuses into ``QLinearConv`` and the ReLU into ``QLinearLeakyRelu``, which computes
+    max(code, zero point): the same codes, since rounding and the floor commute."""
+    nodes = list(graph.node)
+    producers = {output: node for node in nodes for output in node.output}
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
+        for name in node.input:
+            readers.setdefault(name, []).append(index)
+    types = _constant_dtypes(graph)
+    zero_points = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
+    for node in nodes:
+        if node.op_type == "Constant" and node.attribute:
+            zero_points[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    # The Relu nodes to rewrite, by the index of the quantize that reads them: the new
+    # nodes go just before it, after the constants of its scale and zero point.
+    relus: dict[int, int] = {}
+    for index, node in enumerate(nodes):
+        source = producers.get(node.input[0]) if node.op_type == "Relu" else None
+        after = readers.get(node.output[0], []) if source is not None else []
+        if source is None or source.op_type != "Conv" or len(after) != 1:
+            continue
+        quantize = nodes[after[0]]
+        zero_point = zero_points.get(quantize.input[2]) if quantize.op_type == "QuantizeLinear" and len(quantize.input) == 3 else None
+        if zero_point is not None and zero_point.size == 1 and types.get(quantize.input[2]) == onnx.TensorProto.UINT8 and int(zero_point) > 0:
+            relus[after[0]] = index
+    rewritten = []
+    for index, node in enumerate(nodes):
+        if index in relus.values():
+            continue
+        if index in relus:
+            relu = nodes[relus[index]]
+            scale, zero_point = node.input[1], node.input[2]
+            codes, values = f"{relu.output[0]}_codes", f"{relu.output[0]}_values"
+            rewritten.append(onnx.helper.make_node("QuantizeLinear", [relu.input[0], scale, zero_point], [codes], name=f"{relu.name}_quantize"))
+            rewritten.append(onnx.helper.make_node("DequantizeLinear", [codes, scale, zero_point], [values], name=f"{relu.name}_dequantize"))
+            rewritten.append(onnx.helper.make_node("LeakyRelu", [values], list(relu.output), name=relu.name, alpha=0.0))
+        rewritten.append(node)
+    del graph.node[:]
+    graph.node.extend(rewritten)
+    return len(relus)
+
+
 def _int4_weights(onnx, proto):
     """The model at opset 21 with every int8 conv/linear weight whose codes fit in 4 bits
     (2- and 3-bit layers) stored as INT4, two per byte, zero points too. Returns the new
@@ -339,6 +393,7 @@ def export_onnx(
             _refine_weight_scales(int8_model, 7 if weights == "int4" else _MAX_REFINED_WEIGHT)
         proto = onnx.load_from_string(_trace_to_onnx(int8_model.graph, batches[0][:1]))
         _drop_redundant_casts(proto.graph)
+        _quantize_before_relu(onnx, proto.graph)
     if weights == "int4":
         proto, _ = _int4_weights(onnx, proto)
     metadata = {

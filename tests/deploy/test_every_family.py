@@ -256,6 +256,59 @@ def test_onnx_model_is_qdq_with_int8_weights_and_runs_the_int8_model(deployed):
     assert (fused - _probabilities(model, x)).abs().max() < 0.15
 
 
+def test_onnx_runtime_runs_every_low_bit_conv_on_integer_kernels(deployed, tmp_path):
+    """After ONNX Runtime's graph optimizer, each low-bit conv is a ``QLinearConv``, none a
+    float ``FusedConv`` (a conv whose ReLU floors the codes at a nonzero zero point was one
+    until the export quantized before that ReLU)."""
+    _, _, model, _, folder, _ = deployed
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    onnxruntime.InferenceSession(str(folder / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    low_bit = sum(1 for _, layer in quantized_layers(model) if layer.weight_bits < 32)
+    assert ops.count("QLinearConv") >= low_bit and "FusedConv" not in ops
+
+
+def test_quantizing_before_a_relu_keeps_the_codes():
+    """``Conv -> Relu -> QuantizeLinear`` (zero point 252) and its rewrite give the same codes
+    for values below, at and above every rounding tie and the clip limits."""
+    from qmdd.deploy._onnx import _quantize_before_relu
+
+    scale, zero_point = 0.25, 252
+    conv = onnx.helper.make_node("Conv", ["x", "w"], ["c"], name="conv")
+    nodes = [
+        conv,
+        onnx.helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        onnx.helper.make_node("Constant", [], ["s"], value=onnx.numpy_helper.from_array(np.array(scale, dtype=np.float32))),
+        onnx.helper.make_node("Constant", [], ["z"], value=onnx.numpy_helper.from_array(np.array(zero_point, dtype=np.uint8))),
+        onnx.helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes, "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 1, -1])],
+        [onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, [1, 1, 1, -1])],
+        [onnx.numpy_helper.from_array(np.ones((1, 1, 1, 1), dtype=np.float32), "w")],
+    )
+    original = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(original)
+    assert _quantize_before_relu(onnx, rewritten.graph) == 1
+    onnx.checker.check_model(rewritten)
+    assert [n.op_type for n in rewritten.graph.node if n.op_type != "Constant"] == ["Conv", "QuantizeLinear", "DequantizeLinear", "LeakyRelu", "QuantizeLinear"]
+    ties = (np.arange(-6, 8) + 0.5) * scale
+    x = np.concatenate([ties, np.nextafter(ties, -np.inf), np.nextafter(ties, np.inf), [-100.0, -0.0, 0.0, 0.74, 0.76, 100.0]])
+    x = x.astype(np.float32).reshape(1, 1, 1, -1)
+
+    def codes(model):
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    assert np.array_equal(codes(rewritten), codes(original))
+    assert codes(original).min() == zero_point and codes(original).max() == 255  # both ends reached
+
+
 def _integer_weight_initializers(proto, data_type: int) -> list:
     """The 4-D (conv) weight initializers of ``data_type`` that a ``DequantizeLinear`` reads."""
     read = {node.input[0] for node in proto.graph.node if node.op_type == "DequantizeLinear"}
