@@ -287,10 +287,16 @@ def _quantize_before_relu(onnx, graph) -> int:
         for name in node.input:
             readers.setdefault(name, []).append(index)
     types = _constant_dtypes(graph)
-    zero_points = {init.name: onnx.numpy_helper.to_array(init) for init in graph.initializer}
-    for node in nodes:
-        if node.op_type == "Constant" and node.attribute:
-            zero_points[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    tensors = {init.name: init for init in graph.initializer}
+    tensors.update({node.output[0]: node.attribute[0].t for node in nodes if node.op_type == "Constant" and node.attribute})
+
+    def positive_uint8_scalar(name: str) -> bool:
+        tensor = tensors.get(name)
+        if tensor is None or types.get(name) != onnx.TensorProto.UINT8:
+            return False
+        value = onnx.numpy_helper.to_array(tensor)
+        return value.size == 1 and int(value) > 0
+
     # The Relu nodes to rewrite, by the index of the quantize that reads them: the new
     # nodes go just before it, after the constants of its scale and zero point.
     relus: dict[int, int] = {}
@@ -300,12 +306,12 @@ def _quantize_before_relu(onnx, graph) -> int:
         if source is None or source.op_type != "Conv" or len(after) != 1:
             continue
         quantize = nodes[after[0]]
-        zero_point = zero_points.get(quantize.input[2]) if quantize.op_type == "QuantizeLinear" and len(quantize.input) == 3 else None
-        if zero_point is not None and zero_point.size == 1 and types.get(quantize.input[2]) == onnx.TensorProto.UINT8 and int(zero_point) > 0:
+        if quantize.op_type == "QuantizeLinear" and len(quantize.input) == 3 and positive_uint8_scalar(quantize.input[2]):
             relus[after[0]] = index
+    dropped = set(relus.values())
     rewritten = []
     for index, node in enumerate(nodes):
-        if index in relus.values():
+        if index in dropped:
             continue
         if index in relus:
             relu = nodes[relus[index]]
