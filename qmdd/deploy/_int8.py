@@ -46,7 +46,7 @@ from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
 from qmdd.config import FULL_PRECISION
 from qmdd.models import FILTERS, InputFilter
-from qmdd.quant import DeferredClamp, LevelTable, QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers
+from qmdd.quant import LevelTable, QConv2d, QLinear, Quantizer, UniformGrid, WeightCodes, quantized_layers, unfuse_activation_clamps
 
 __all__ = ["LSQInput", "LevelInput", "Int8LSQInput", "Int8LevelInput", "Int8Model", "Int8ConversionError", "lowbit_float_model", "to_int8", "calibration_images", "int8_weight_codes"]
 
@@ -216,10 +216,7 @@ def lowbit_float_model(model: nn.Module, exact_levels: bool = False) -> tuple[nn
     the names of full-precision conv/linear layers (kept in float in the int8 model).
     """
     model = copy.deepcopy(model).eval()
-    for name, module in list(model.named_modules()):
-        if isinstance(module, DeferredClamp):  # a ReLU6 fused into a quantizer for training
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Hardtanh(module.min_val, module.max_val))
+    unfuse_activation_clamps(model)  # the ReLU6 fused into quantizers for training
     codes: dict[str, torch.Tensor] = {}
     float_layers: list[str] = []
     for name, layer in quantized_layers(model):

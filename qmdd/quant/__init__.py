@@ -17,7 +17,7 @@ file, the int8 path and the cost counters ask for instead of naming a family.
 
 from qmdd.quant._base import SUPPORTED_BITS, ActivationQuantizer, FullPrecision, NotCalibratedError, Quantizer, LevelTable, UniformGrid, WeightCodes, signed_range, unsigned_range
 from qmdd.quant._cqb import BLOCKS, ShortcutConv2d, connect_blocks, has_connectable_blocks, is_connected
-from qmdd.quant._fuse import DeferredClamp, fuse_activation_clamps
+from qmdd.quant._fuse import DeferredClamp, fuse_activation_clamps, unfuse_activation_clamps
 from qmdd.quant._layers import QUANTIZED_LAYERS, QUANTIZER_ATTRIBUTES, QConv2d, QLinear
 from qmdd.quant._lsq import LSQ_MIN_STEP, LSQActivationQuantizer, LSQWeightQuantizer, lsq_fake_quant
 from qmdd.quant._n2uq import N2UQActivationQuantizer, N2UQWeightQuantizer, n2uq_fake_quant, n2uq_thresholds
@@ -34,6 +34,7 @@ __all__ = [
     "ShortcutConv2d",
     "DeferredClamp",
     "fuse_activation_clamps",
+    "unfuse_activation_clamps",
     "WeightCodes",
     "UniformGrid",
     "LevelTable",

@@ -25,7 +25,7 @@ from torch import nn
 from qmdd.quant._base import ActivationQuantizer, clamp_deferred
 from qmdd.quant._layers import QConv2d, QLinear
 
-__all__ = ["DeferredClamp", "clamp_deferred", "fuse_activation_clamps"]
+__all__ = ["DeferredClamp", "clamp_deferred", "fuse_activation_clamps", "unfuse_activation_clamps"]
 
 
 class DeferredClamp(nn.Hardtanh):
@@ -82,3 +82,19 @@ def fuse_activation_clamps(model: nn.Module) -> int:
             quantizer.input_ceiling = float(module.max_val)
             fused += 1
     return fused
+
+
+def unfuse_activation_clamps(model: nn.Module) -> int:
+    """Undo :func:`fuse_activation_clamps`: each :class:`DeferredClamp` becomes the
+    ``nn.Hardtanh(0, c)`` it stands for and no quantizer clamps. The exports call it so that
+    their graphs hold plain modules. Returns how many were restored."""
+    restored = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, DeferredClamp):
+                setattr(parent, name, nn.Hardtanh(child.min_val, child.max_val))
+                restored += 1
+    for module in model.modules():
+        if isinstance(module, ActivationQuantizer):
+            module.input_ceiling = None
+    return restored

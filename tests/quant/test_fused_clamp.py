@@ -14,7 +14,7 @@ from torch import nn
 
 from qmdd.config import QuantConfig
 from qmdd.deploy import lowbit_float_model
-from qmdd.quant import DeferredClamp, QConv2d, calibrate, fuse_activation_clamps, quantize
+from qmdd.quant import DeferredClamp, QConv2d, calibrate, fuse_activation_clamps, quantize, unfuse_activation_clamps
 from qmdd.quant import _native
 from qmdd.quant._lsq import lsq_fake_quant
 from qmdd.quant._n2uq import n2uq_fake_quant
@@ -85,13 +85,9 @@ def _chain_model() -> nn.Sequential:
 
 def _unfused_twin(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model)
-    for name, module in list(twin.named_modules()):
-        if isinstance(module, DeferredClamp):
-            parent, _, child = name.rpartition(".")
-            setattr(twin.get_submodule(parent), child, nn.ReLU6(inplace=True))
-    for module in twin.modules():
-        if hasattr(module, "input_ceiling"):
-            module.input_ceiling = None
+    assert unfuse_activation_clamps(twin) == 2
+    assert not any(isinstance(m, DeferredClamp) for m in twin.modules())
+    assert all(getattr(m, "input_ceiling", None) is None for m in twin.modules())
     return twin
 
 
